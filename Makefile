@@ -1,0 +1,28 @@
+# Two commands a new user needs: `make run` (set up + default experiment) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The pinned CPU build; override e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for a CUDA machine.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup run test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+run: setup
+	$(PY) launch.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,77 @@
+"""Records when a run memorises and when it generalises, logs them under `grok/`, and can stop after grokking.
+
+Steps are optimiser steps done (as `max_steps` and checkpoints count them), at the first *measured* point a
+threshold is reached: train accuracy is measured on logging steps (`trainer.log_every_n_steps`), validation
+accuracy on validation steps (`val_check_interval`). Loggers index rows by Lightning's 0-based step (steps
+done - 1), so `grok/...` values are logged on the same row as the metric that crossed the threshold.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from lightning_modules.cadence import is_log_step
+from runtime.errors import require
+
+
+def threshold_key(split: str, threshold: float) -> str:
+    return f"grok/{split}_acc_{threshold:g}_step"
+
+
+class GrokkingTime(Callback):
+    def __init__(
+        self,
+        train_threshold: float = 0.99,
+        val_thresholds: Sequence[float] = (0.5, 0.9, 0.95, 0.99),
+        grokked_threshold: float = 0.99,
+        stop_after_steps: int | None = None,
+    ):
+        thresholds = [train_threshold, *val_thresholds, grokked_threshold]
+        require(all(0 < t <= 1 for t in thresholds), "val_thresholds", list(val_thresholds), "numbers in (0, 1]")
+        require(stop_after_steps is None or (isinstance(stop_after_steps, int) and stop_after_steps >= 0),
+                "stop_after_steps", stop_after_steps, "null or an integer >= 0")
+        self.train_threshold = train_threshold
+        self.val_thresholds = sorted(set(val_thresholds) | {grokked_threshold})
+        self.grokked_threshold = grokked_threshold
+        self.stop_after_steps = stop_after_steps
+        self.steps: dict[str, int | None] = {threshold_key("train", train_threshold): None}
+        self.steps |= {threshold_key("val", t): None for t in self.val_thresholds}
+
+    @property
+    def grokked_step(self) -> int | None:
+        return self.steps[threshold_key("val", self.grokked_threshold)]
+
+    def _record(self, trainer: pl.Trainer, key: str, step: int) -> None:
+        self.steps[key] = step
+        for logger in trainer.loggers:
+            logger.log_metrics({key: step}, step=step - 1)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        key = threshold_key("train", self.train_threshold)
+        if self.steps[key] is None and is_log_step(step, trainer):
+            acc = trainer.callback_metrics.get("train/acc")
+            if acc is not None and float(acc) >= self.train_threshold:
+                self._record(trainer, key, step)
+        grokked = self.grokked_step
+        if self.stop_after_steps is not None and grokked is not None and step >= grokked + self.stop_after_steps:
+            trainer.should_stop = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        acc = trainer.callback_metrics.get("val/acc")
+        if acc is None:
+            return
+        for threshold in self.val_thresholds:
+            key = threshold_key("val", threshold)
+            if self.steps[key] is None and float(acc) >= threshold:
+                self._record(trainer, key, trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": dict(self.steps)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps.update(state_dict["steps"])

@@ -1,0 +1,5 @@
+"""LightningDataModules, one task each. Data lives on the device as tensors (see `loaders`)."""
+from datamodules.batch import Batch, TaskSpec
+from datamodules.modular_arithmetic import ModularArithmetic
+
+__all__ = ["Batch", "ModularArithmetic", "TaskSpec"]

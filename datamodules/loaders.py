@@ -1,0 +1,63 @@
+"""Batches served straight from on-device tensors.
+
+A DataLoader over a TensorDataset collates full batches sample by sample (tens of ms per step); these
+iterables index the tensors instead. The train loader is endless, so one Lightning epoch spans the whole run
+and per-epoch costs are paid once; `max_steps` ends it. Batch k is a pure function of (seed, k), so a resumed run
+starts at the restored step and sees exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from datamodules.batch import Batch
+
+
+def take(batch: Batch, index: torch.Tensor) -> Batch:
+    return Batch(*(t[index] for t in batch))
+
+
+class TrainBatches:
+    """Endless batches: the whole split every step (`batch_size` <= 0), or shuffled mini-batches per epoch."""
+
+    def __init__(self, data: Batch, batch_size: int, shuffle_seed: int, first_step: int = 0):
+        self.data, self.batch_size, self.shuffle_seed = data, batch_size, shuffle_seed
+        self.first_step = first_step  # the index of the first batch served (the restored step on resume)
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size <= 0 or self.batch_size >= len(self.data.targets)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.data.targets)
+        per_epoch = 1 if self.full_batch else -(-n // self.batch_size)
+        step, order, order_epoch = self.first_step, None, None
+        while True:
+            if self.full_batch:
+                yield self.data
+            else:
+                epoch, i = divmod(step, per_epoch)
+                if epoch != order_epoch:
+                    generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + epoch)
+                    order, order_epoch = torch.randperm(n, generator=generator).to(self.data.targets.device), epoch
+                yield take(self.data, order[i * self.batch_size : (i + 1) * self.batch_size])
+            step += 1
+
+
+class EvalBatches:
+    """One pass over a split in chunks of `batch_size` (the whole split at once when <= 0)."""
+
+    def __init__(self, data: Batch, batch_size: int):
+        self.data, self.batch_size = data, batch_size
+        n = len(data.targets)
+        self.chunk = n if batch_size <= 0 else batch_size
+        self.count = -(-n // self.chunk) if n else 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.data.targets)
+        for start in range(0, n, self.chunk):
+            yield self.data if self.chunk >= n else take(self.data, slice(start, start + self.chunk))

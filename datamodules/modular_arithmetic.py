@@ -1,0 +1,165 @@
+"""Modular arithmetic a ∘ b = c (mod p), one operation or several, in three input formats.
+
+Formats (`format`):
+- `onehot`:   [onehot(a); onehot(b)] (2p dims, plus a one-hot of the operation when there are several) -> c.
+- `tokens`:   [a, OP, b, =] -> c, predicted at the last position.
+- `sequence`: [BOS, a, OP, b, EQ, c, EOS, EOS] as next-token prediction (7 positions); the loss is on the
+  answer position only (`loss_on: answer`) or on all 7 (`loss_on: all`). Accuracy is always on the answer.
+
+Token ids: 0..p-1 residues, then one id per operation, then EQ, BOS, EOS.
+Seeds: `split_seed` fixes which pairs are train/val/test; `shuffle_seed` the mini-batch order. Model init has
+its own seed (the top-level `seed`), so paired runs can share a split and differ in init, or the reverse.
+"""
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from datamodules.batch import Batch, TaskSpec
+from datamodules.loaders import EvalBatches, TrainBatches, take
+from datamodules.operations import OPERATIONS, is_prime
+from runtime.errors import require
+
+FORMATS = ("onehot", "tokens", "sequence")
+ANSWER_POSITION_IN_SEQUENCE = 4  # targets = [a, OP, b, EQ, c, EOS, EOS]; c sits at index 4
+
+
+class ModularArithmetic(pl.LightningDataModule):
+    def __init__(
+        self,
+        p: int = 97,
+        operations: list[str] | tuple[str, ...] = ("add",),
+        format: str = "onehot",
+        train_fraction: float = 0.5,
+        val_fraction: float | None = None,
+        test_fraction: float = 0.0,
+        loss_on: str = "answer",
+        batch_size: int = -1,
+        eval_batch_size: int = -1,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+    ):
+        super().__init__()
+        operations = [operations] if isinstance(operations, str) else list(operations)
+        self._validate(p, operations, format, train_fraction, val_fraction, test_fraction, loss_on,
+                       batch_size, eval_batch_size)
+        self.p, self.operations, self.format, self.loss_on = p, operations, format, loss_on
+        self.batch_size, self.eval_batch_size, self.shuffle_seed = batch_size, eval_batch_size, shuffle_seed
+
+        a, b, c, op = self._equations()
+        self.all = self._encode(a, b, c, op)
+        n = len(c)
+        n_train = math.floor(train_fraction * n)
+        n_test = math.floor(test_fraction * n)
+        n_val = n - n_train - n_test if val_fraction is None else math.floor(val_fraction * n)
+        require(n_train > 0 and n_val > 0, "train_fraction", train_fraction,
+                f"fractions that leave at least one train and one val example out of {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        self.indices = {
+            "train": order[:n_train],
+            "val": order[n_train : n_train + n_val],
+            "test": order[n_train + n_val : n_train + n_val + n_test],
+        }
+        self.splits = {name: take(self.all, idx) for name, idx in self.indices.items()}
+
+    @staticmethod
+    def _validate(p, operations, format, train_fraction, val_fraction, test_fraction, loss_on, batch_size,
+                  eval_batch_size) -> None:
+        require(isinstance(p, int) and not isinstance(p, bool) and p >= 2, "p", p, "an integer >= 2")
+        require(len(operations) >= 1, "operations", operations, f"a non-empty list of {', '.join(OPERATIONS)}")
+        for name in operations:
+            require(name in OPERATIONS, "operations", name, f"one of {', '.join(OPERATIONS)}")
+            require(not OPERATIONS[name].needs_prime or is_prime(p), "p", p, f"a prime for operation '{name}'")
+        require(len(set(operations)) == len(operations), "operations", operations, "no repeated operation")
+        require(format in FORMATS, "format", format, f"one of {', '.join(FORMATS)}")
+        require(loss_on in ("answer", "all"), "loss_on", loss_on, "answer, all")
+        require(loss_on == "answer" or format == "sequence", "loss_on", loss_on,
+                "'answer' unless format=sequence (other formats only have the answer)")
+        require(isinstance(train_fraction, (int, float)) and 0 < train_fraction < 1, "train_fraction",
+                train_fraction, "a number in (0, 1)")
+        require(isinstance(test_fraction, (int, float)) and 0 <= test_fraction < 1, "test_fraction",
+                test_fraction, "a number in [0, 1)")
+        if val_fraction is not None:
+            require(isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1, "val_fraction",
+                    val_fraction, "a number in (0, 1), or null for the rest")
+        total = train_fraction + (val_fraction or 0) + test_fraction
+        require(total <= 1 + 1e-9 and (val_fraction is not None or total < 1), "train_fraction", train_fraction,
+                f"train + val + test fractions <= 1 with room for val (got {total:g})")
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            require(isinstance(value, int) and not isinstance(value, bool) and (value == -1 or value > 0), key,
+                    value, "-1 (full batch) or a positive integer")
+
+    def _equations(self):
+        """Every (a, b, c, op index) of every operation, b = 0 left out where the operation needs it."""
+        p = self.p
+        a, b = (t.flatten() for t in torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij"))
+        parts = []
+        for i, name in enumerate(self.operations):
+            op = OPERATIONS[name]
+            keep = b != 0 if op.nonzero_b else torch.ones_like(b, dtype=torch.bool)
+            aa, bb = a[keep], b[keep]
+            parts.append((aa, bb, op.apply(aa, bb, p), torch.full_like(aa, i)))
+        return (torch.cat(cols) for cols in zip(*parts))
+
+    @property
+    def n_ops(self) -> int:
+        return len(self.operations)
+
+    def token_ids(self) -> dict[str, int]:
+        """Ids of the non-residue tokens."""
+        ids = {f"op:{name}": self.p + i for i, name in enumerate(self.operations)}
+        base = self.p + self.n_ops
+        return {**ids, "EQ": base, "BOS": base + 1, "EOS": base + 2}
+
+    def _encode(self, a, b, c, op) -> Batch:
+        p, n = self.p, len(c)
+        ids = self.token_ids()
+        op_token = p + op
+        eq = torch.full((n,), ids["EQ"])
+        if self.format == "onehot":
+            parts = [F.one_hot(a, p), F.one_hot(b, p)] + ([F.one_hot(op, self.n_ops)] if self.n_ops > 1 else [])
+            return Batch(torch.cat(parts, dim=1).float(), c[:, None], torch.ones(n, 1), op)
+        if self.format == "tokens":
+            return Batch(torch.stack([a, op_token, b, eq], dim=1), c[:, None], torch.ones(n, 1), op)
+        bos, eos = torch.full((n,), ids["BOS"]), torch.full((n,), ids["EOS"])
+        seq = torch.stack([bos, a, op_token, b, eq, c, eos, eos], dim=1)
+        mask = torch.zeros(n, 7)
+        if self.loss_on == "all":
+            mask[:] = 1
+        else:
+            mask[:, ANSWER_POSITION_IN_SEQUENCE] = 1
+        return Batch(seq[:, :-1], seq[:, 1:], mask, op)
+
+    @property
+    def spec(self) -> TaskSpec:
+        vocab = self.p + self.n_ops + 3
+        if self.format == "onehot":
+            return TaskSpec(num_classes=self.p, in_features=self.all.inputs.shape[1], input_kind="onehot",
+                            group_names=tuple(self.operations))
+        if self.format == "tokens":
+            return TaskSpec(num_classes=self.p, vocab_size=vocab, seq_len=4, group_names=tuple(self.operations))
+        return TaskSpec(num_classes=vocab, vocab_size=vocab, seq_len=7, answer_position=ANSWER_POSITION_IN_SEQUENCE,
+                        group_names=tuple(self.operations))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Move every split to the training device once; batches are then served without copies."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        self.splits = {name: Batch(*(t.to(device) for t in split)) for name, split in self.splits.items()}
+
+    def train_dataloader(self) -> TrainBatches:
+        # Lightning asks for it after restoring a checkpoint, so global_step is the step to resume from
+        first_step = self.trainer.global_step if self.trainer is not None else 0
+        return TrainBatches(self.splits["train"], self.batch_size, self.shuffle_seed, first_step)
+
+    def val_dataloader(self) -> EvalBatches:
+        return EvalBatches(self.splits["val"], self.eval_batch_size)
+
+    def test_dataloader(self) -> EvalBatches:
+        return EvalBatches(self.splits["test"], self.eval_batch_size)
+
+    @property
+    def has_test(self) -> bool:
+        return len(self.indices["test"]) > 0

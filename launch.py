@@ -1,0 +1,148 @@
+"""The one entry point: compose the config, build data, net, module, callbacks and loggers, train, write summary.
+
+    python launch.py                                  # default experiment (mlp_grok)
+    python launch.py experiment=transformer_grok_cpu  # another experiment
+    python launch.py -m optimizer.weight_decay=0.5,1.0 seed=0,1   # a sweep, one run folder per job
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks import GrokkingTime, NonFiniteLossError
+from datamodules import TaskSpec
+from runtime.errors import ConfigError, require
+from runtime.loggers import finish_wandb, publish_summary
+from runtime.quiet import quiet_library_noise
+from runtime.summary import write_summary
+
+SPEC_FIELDS = ("in_features", "vocab_size", "num_classes", "seq_len")
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`instantiate`, with a bad setting reported under its full key (e.g. `data.p`)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause.under(key) from None
+        if isinstance(cause, TypeError) and "argument" in str(cause):
+            raise ConfigError(key, OmegaConf.to_container(node).get("_target_"), f"valid arguments ({cause})") from None
+        raise
+
+
+def build_net(model_cfg: DictConfig, spec: TaskSpec) -> torch.nn.Module:
+    """Build the net with the sizes the data dictates (input dims, vocabulary, classes, length)."""
+    net_class = get_class(model_cfg._target_)
+    accepts = inspect.signature(net_class).parameters
+    for name in SPEC_FIELDS:
+        require(name not in model_cfg, f"model.{name}", model_cfg.get(name), "unset: it is taken from the data")
+    wanted = getattr(net_class, "input_kind", spec.input_kind)
+    require(wanted == spec.input_kind, "data.format", f"{spec.input_kind} inputs",
+            f"{'onehot' if wanted == 'onehot' else 'tokens or sequence'} for model {net_class.__name__}")
+    sizes = {name: getattr(spec, name) for name in SPEC_FIELDS if name in accepts}
+    return build(model_cfg, "model", **sizes)
+
+
+def overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train one configuration; always leaves `summary.json` in the run folder, whatever happens."""
+    out = Path(cfg.paths.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[grokking-lab] run folder: {out}", flush=True)
+    started = time.time()
+    quiet_library_noise()
+    summary: dict[str, Any] = {"status": "failed", "experiment": cfg.get("name"), "seed": cfg.seed,
+                               "overrides": overrides(), "run_dir": str(out)}
+    loggers: list = []
+    try:
+        require(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
+        require(cfg.ckpt_path is None or Path(cfg.ckpt_path).is_file(), "ckpt_path", cfg.ckpt_path,
+                "null or the path of an existing checkpoint file")
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+        datamodule = build(cfg.data, "data")
+        pl.seed_everything(cfg.seed, workers=False, verbose=False)  # the model-init seed, apart from the split's
+        net = build_net(cfg.model, datamodule.spec)
+        # objects are passed after instantiation: Hydra would turn dataclass arguments into configs
+        make_module = build(cfg.module, "module", _partial_=True)
+        module = make_module(net=net, spec=datamodule.spec, optimizer=build(cfg.optimizer, "optimizer"),
+                             regularizers=build(cfg.regularizer, "regularizer"))
+        callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node]
+        loggers = [build(node, f"logger.{name}") for name, node in (cfg.logger or {}).items() if node]
+        trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                                    default_root_dir=str(out))
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        summary["status"] = "running"
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            if trainer.interrupted:
+                summary["status"] = "interrupted"
+            else:
+                grok = next((c for c in callbacks if isinstance(c, GrokkingTime)), None)
+                early = grok is not None and trainer.should_stop and trainer.global_step < trainer.max_steps
+                summary["status"] = "stopped_after_grokking" if early else "completed"
+                trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+                if datamodule.has_test:
+                    trainer.test(module, datamodule=datamodule, verbose=False)
+        except NonFiniteLossError as err:
+            summary |= {"status": "diverged", "error": str(err)}
+            print(f"[grokking-lab] diverged: {err}; the last good checkpoint is kept", file=sys.stderr)
+        summary["steps"] = trainer.global_step
+        summary["final"] = {
+            f"{split}/{name}": value
+            for split, batch in datamodule.splits.items() if len(batch.targets)
+            for name, value in module.evaluate(batch).items()
+        }
+        grok = next((c for c in callbacks if isinstance(c, GrokkingTime)), None)
+        summary["grok"] = dict(grok.steps) if grok else {}
+        summary["grokked"] = bool(grok and grok.grokked_step is not None)
+        summary["checkpoints"] = sorted(str(p.relative_to(out)) for p in (out / "checkpoints").glob("*.ckpt"))
+    except BaseException as err:  # keep what was written; record why the run ended
+        if summary["status"] in ("failed", "running"):
+            summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            summary["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        wall = time.time() - started
+        summary["wall_time_s"] = round(wall, 2)
+        if summary.get("steps"):
+            summary["steps_per_s"] = round(summary["steps"] / wall, 2)
+        write_summary(out / "summary.json", summary)
+        try:
+            publish_summary(loggers, summary)
+        finally:
+            finish_wandb(loggers)
+        print(f"[grokking-lab] {summary['status']} after {summary.get('steps', 0)} steps in {wall:.1f} s; "
+              f"outputs in {out}", flush=True)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        summary = run(cfg)
+    except ConfigError as err:
+        raise SystemExit(f"[grokking-lab] error: {err}") from None
+    return summary.get("final", {}).get("val/acc")
+
+
+if __name__ == "__main__":
+    main()

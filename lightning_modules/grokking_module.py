@@ -1,0 +1,128 @@
+"""The LightningModule for classification-style algorithmic tasks: task loss, regularisers, metrics, optimiser.
+
+It trains any net from `nets/` on any DataModule whose batches are `datamodules.Batch`: the loss is
+cross-entropy on the positions the batch's `loss_mask` selects; accuracy is on the answer position.
+Training metrics are computed and logged only on logging steps, so a full-batch step costs what the net costs.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.batch import Batch, TaskSpec
+from lightning_modules.cadence import is_log_step
+from lightning_modules.optimization import AdamWRecipe
+from lightning_modules.regularizers import Regularizer
+from nets.output import NetOutput
+
+EVAL_STAGES = ("val", "test")
+
+
+class GrokkingModule(pl.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        spec: TaskSpec,
+        optimizer: AdamWRecipe,
+        regularizers: Mapping[str, Regularizer] | None = None,
+    ):
+        super().__init__()
+        self.net, self.spec, self.recipe = net, spec, optimizer
+        self.regularizers = dict(regularizers or {})
+        accuracy = lambda: MulticlassAccuracy(spec.num_classes, average="micro", validate_args=False)  # noqa: E731
+        self.train_acc = accuracy()
+        groups = spec.group_names if len(spec.group_names) > 1 else ()
+        self.eval_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {"loss": MeanMetric(), "acc": accuracy(), **{f"acc/{g}": accuracy() for g in groups}}
+                )
+                for stage in EVAL_STAGES
+            }
+        )
+
+    def forward(self, inputs: Tensor) -> NetOutput:
+        return self.net(inputs)
+
+    def task_loss(self, output: NetOutput, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(masked mean cross-entropy, answer logits (N, classes))."""
+        logits = output.logits if output.logits.ndim == 3 else output.logits[:, None]
+        logits = logits[:, -batch.targets.shape[1] :]  # targets align with the last T positions
+        answer_logits = logits[:, self.spec.answer_position]
+        if batch.targets.shape[1] == 1:  # answer-only tasks: the mask is all ones
+            return F.cross_entropy(answer_logits, batch.targets[:, 0]), answer_logits
+        ce = F.cross_entropy(rearrange(logits, "n t c -> (n t) c"), batch.targets.flatten(), reduction="none")
+        mask = batch.loss_mask.flatten()
+        return (ce * mask).sum() / mask.sum(), answer_logits
+
+    def answers(self, batch: Batch) -> Tensor:
+        return batch.targets[:, self.spec.answer_position]
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        output = self.net(batch.inputs)
+        task_loss, answer_logits = self.task_loss(output, batch)
+        terms = {name: reg(output) for name, reg in self.regularizers.items()}
+        total = task_loss
+        for name, reg in self.regularizers.items():
+            total = total + reg.weight * terms[name]
+        if is_log_step(self.global_step + 1, self.trainer):
+            metrics = {"train/loss": task_loss, "train/acc": self.train_acc(answer_logits, self.answers(batch))}
+            if self.regularizers:
+                metrics |= {"train/task_loss": task_loss, "train/total_loss": total}
+                metrics |= {f"train/reg/{name}": term for name, term in terms.items()}
+            self.log_dict(metrics, prog_bar=False)
+        return total
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        """Batches are served from on-device tensors (see datamodules.loaders): nothing to copy."""
+        if batch.inputs.device == device:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets bookkeeping attributes (e.g. `_current_fx_name`) around every hook, dozens of times a
+        # step; nn.Module.__setattr__ checks parameters, buffers and submodules each time. An existing plain
+        # attribute given a plain value cannot be any of those, so it is set directly.
+        if name in self.__dict__ and not isinstance(value, (torch.Tensor, nn.Module)):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _eval_step(self, stage: str, batch: Batch) -> None:
+        output = self.net(batch.inputs)
+        loss, answer_logits = self.task_loss(output, batch)
+        metrics = self.eval_metrics[stage]
+        answers = self.answers(batch)
+        metrics["loss"].update(loss, weight=batch.loss_mask.sum())
+        metrics["acc"].update(answer_logits, answers)
+        for i, group in enumerate(self.spec.group_names if len(metrics) > 2 else ()):
+            keep = batch.group == i
+            metrics[f"acc/{group}"].update(answer_logits[keep], answers[keep])
+        self.log_dict({f"{stage}/{name}": metric for name, metric in metrics.items()}, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = self.recipe.build(self.net)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch) -> dict[str, float]:
+        """Loss and answer accuracy of the current weights on one whole split (for final numbers)."""
+        was_training = self.training
+        self.eval()
+        loss, answer_logits = self.task_loss(self.net(batch.inputs), batch)
+        self.train(was_training)
+        acc = (answer_logits.argmax(-1) == self.answers(batch)).float().mean()
+        return {"loss": loss.item(), "acc": acc.item()}

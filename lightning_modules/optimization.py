@@ -1,0 +1,57 @@
+"""AdamW with decay/no-decay parameter groups and linear warmup, built from the `optimizer` config group."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from lightning_modules.param_groups import DecayPolicy, split_by_decay
+from runtime.errors import require
+
+
+@dataclass
+class AdamWRecipe:
+    """Everything about the optimiser in one flat config node (`optimizer.lr`, `optimizer.weight_decay`, ...).
+
+    Defaults follow the grokking seeds: beta2 = 0.98 (shorter memory, steadier full-batch training),
+    eps = 1e-8, and a linear warmup of `warmup_steps` from lr/warmup_steps to lr.
+    """
+
+    lr: float = 1e-3
+    betas: Sequence[float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 1.0
+    warmup_steps: int = 0
+    decay: DecayPolicy = field(default_factory=DecayPolicy)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decay, dict) or hasattr(self.decay, "items"):
+            unknown = set(self.decay) - set(DecayPolicy.__dataclass_fields__)
+            require(not unknown, "decay", sorted(unknown), f"keys among {', '.join(DecayPolicy.__dataclass_fields__)}")
+            self.decay = DecayPolicy(**dict(self.decay))
+        require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a positive number")
+        betas = tuple(self.betas)
+        require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "betas", list(betas), "two numbers in [0, 1)")
+        self.betas = betas
+        require(isinstance(self.eps, (int, float)) and self.eps > 0, "eps", self.eps, "a positive number")
+        require(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "weight_decay",
+                self.weight_decay, "a number >= 0")
+        require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", self.warmup_steps,
+                "an integer >= 0")
+
+    def param_groups(self, net: nn.Module) -> list[dict]:
+        params = dict(net.named_parameters())
+        decayed, exempt = split_by_decay(net, self.decay)
+        groups = [
+            {"name": "decay", "params": [params[n] for n in decayed], "weight_decay": self.weight_decay},
+            {"name": "no_decay", "params": [params[n] for n in exempt], "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def build(self, net: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        optimizer = torch.optim.AdamW(self.param_groups(net), lr=self.lr, betas=self.betas, eps=self.eps)
+        warmup = max(self.warmup_steps, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return optimizer, scheduler

@@ -1,0 +1,25 @@
+"""Regularisers: small callables with a weight λ, reading the same `NetOutput` the task loss saw.
+
+The `regularizer` config group builds a mapping name -> Regularizer (empty for `none`); the module adds
+λ·term to the loss and logs each term as `train/reg/<name>`.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from nets.output import NetOutput
+from runtime.errors import require
+
+
+class Regularizer:
+    """Base class: subclasses implement `term(output)`; the module multiplies it by `weight`."""
+
+    def __init__(self, weight: float):
+        require(isinstance(weight, (int, float)) and weight >= 0, "weight", weight, "a number >= 0")
+        self.weight = float(weight)
+
+    def term(self, output: NetOutput) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, output: NetOutput) -> Tensor:
+        return self.term(output)

@@ -1,0 +1,6 @@
+"""Plain nn.Modules (no Lightning, no Hydra). Each forward returns a `NetOutput`."""
+from nets.mlp import MLP
+from nets.output import NetOutput
+from nets.transformer import Transformer
+
+__all__ = ["MLP", "NetOutput", "Transformer"]

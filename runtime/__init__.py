@@ -1,0 +1,1 @@
+"""What surrounds a run: settings errors, loggers, the run summary."""

@@ -1,0 +1,69 @@
+"""Logger construction that never prompts: W&B goes online when the user is logged in, offline otherwise."""
+from __future__ import annotations
+
+import netrc
+import os
+from typing import Any, Iterable, Sequence
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+from runtime.errors import require
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def wandb_credentials_present() -> bool:
+    """True when W&B has an API key: the WANDB_API_KEY variable or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """`auto` -> WANDB_MODE if the user set it, else online with credentials and offline without."""
+    require(mode in WANDB_MODES, "mode", mode, ", ".join(WANDB_MODES))
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled", "dryrun"):
+        return "offline" if env == "dryrun" else env
+    return "online" if wandb_credentials_present() else "offline"
+
+
+def wandb_logger(
+    project: str,
+    save_dir: str,
+    group: str | None = None,
+    tags: Sequence[str] = (),
+    job_type: str = "train",
+    name: str | None = None,
+    mode: str = "auto",
+    **kwargs: Any,
+) -> WandbLogger:
+    resolved = resolve_wandb_mode(mode)
+    os.makedirs(save_dir, exist_ok=True)
+    return WandbLogger(project=project, save_dir=save_dir, group=group, tags=list(tags), job_type=job_type,
+                       name=name, mode=resolved, **kwargs)
+
+
+def publish_summary(loggers: Iterable[Logger], summary: dict[str, Any]) -> None:
+    """Put the run's final numbers into each logger's own run summary (where the logger has one)."""
+    flat = {f"final/{k}": v for k, v in summary.get("final", {}).items()}
+    flat |= {k: v for k, v in summary.get("grok", {}).items() if v is not None}
+    flat |= {"status": summary.get("status"), "grokked": summary.get("grokked")}
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(flat)
+
+
+def finish_wandb(loggers: Iterable[Logger]) -> None:
+    """End the W&B run so the next job of a multirun starts its own."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()

@@ -1,0 +1,30 @@
+"""Keep a run's console about the run: drop library tips and warnings that say nothing about it."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+_NOISE = (
+    "💡 Tip:",  # Lightning advertising another logger
+    "`weights_only` was not set",
+)
+_WARNINGS = (
+    r".*Experiment logs directory .* exists and is not empty.*",  # the run folder already holds .hydra/
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*does not have many workers.*",
+    r".*overridden `transfer_batch_to_device` in `LightningModule`.*",  # ours: data is already on device
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NOISE)
+
+
+def quiet_library_noise() -> None:
+    for pattern in _WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_DropNoise())
+        logging.getLogger(name).addFilter(_DropNoise())

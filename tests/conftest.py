@@ -1,0 +1,49 @@
+"""Shared helpers: compose the launcher's config in-process and run it in a temporary run folder."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network from a test
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# A small task that learns in a few hundred CPU steps; tests add their own overrides after these.
+SMALL = [
+    "data.p=11",
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=10",
+    "trainer.log_every_n_steps=10",
+    "callbacks.progress.refresh_seconds=1000",
+]
+
+
+@pytest.fixture
+def run_config(tmp_path):
+    """run_config(overrides, name="run") -> (summary, run_dir): a full launch.run in tmp_path/name."""
+    from launch import run
+    from runtime.compose import compose_config
+
+    def _run(overrides=(), name="run"):
+        out = tmp_path / name
+        summary = run(compose_config([*SMALL, *overrides], output_dir=out))
+        return summary, out
+
+    return _run
+
+
+def launch_cli(args, cwd, timeout=300, env=None):
+    """Run `python launch.py ARGS` in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from nets import MLP, Transformer
+from runtime.errors import ConfigError
+
+
+def small(**kw):
+    torch.manual_seed(0)
+    return Transformer(vocab_size=10, num_classes=10, seq_len=6, n_layers=2, n_heads=2, d_model=16, **kw)
+
+
+def test_output_shapes():
+    net = small()
+    out = net(torch.randint(0, 10, (3, 6)))
+    assert out.logits.shape == (3, 6, 10) and out.attention == []
+    mlp = MLP(in_features=8, num_classes=5, hidden_dim=7)
+    assert mlp(torch.randn(4, 8)).logits.shape == (4, 5)
+
+
+def test_causal_future_tokens_do_not_change_earlier_logits():
+    net = small()
+    x = torch.randint(0, 10, (2, 6))
+    y = x.clone()
+    y[:, 4:] = (y[:, 4:] + 1) % 10
+    a, b = net(x).logits, net(y).logits
+    torch.testing.assert_close(a[:, :4], b[:, :4])
+    assert not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+def test_explicit_attention_matches_fused_kernel_and_is_causal():
+    net = small()
+    x = torch.randint(0, 10, (2, 6))
+    fused, explicit = net(x), net(x, return_attention=True)
+    torch.testing.assert_close(fused.logits, explicit.logits, atol=1e-5, rtol=1e-5)
+    assert len(explicit.attention) == 2
+    attn = explicit.attention[0]
+    assert attn.shape == (2, 2, 6, 6)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 2, 6))
+    assert torch.all(attn.triu(diagonal=1) == 0)
+
+
+def test_weight_tying_shares_one_tensor():
+    net = small(tie_weights=True)
+    assert net.unembed.weight is net.token_embedding.weight
+    with pytest.raises(ConfigError):
+        Transformer(vocab_size=10, num_classes=7, seq_len=4, tie_weights=True)
+
+
+def test_nanda_style_model_has_no_norms():
+    net = small(norm="none", activation="relu")
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in net.modules())
+
+
+@pytest.mark.parametrize("kw, key", [(dict(d_model=30, n_heads=4), "d_model"), (dict(norm="batch"), "norm"),
+                                     (dict(activation="tanh"), "activation"), (dict(n_layers=0), "n_layers")])
+def test_bad_settings(kw, key):
+    with pytest.raises(ConfigError) as info:
+        Transformer(vocab_size=10, num_classes=10, seq_len=4, **kw)
+    assert info.value.key == key

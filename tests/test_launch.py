@@ -1,0 +1,108 @@
+"""The launcher end to end: real short runs, resume, errors, the run folder's files."""
+import csv
+import math
+
+import pytest
+import torch
+
+from runtime.errors import ConfigError
+from tests.conftest import read_json
+
+LEARNS = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optimizer.lr=3e-3",
+          "trainer.max_steps=1500", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25"]
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_short_run_learns_addition_and_records_grokking_steps(run_config):
+    summary, run_dir = run_config([*LEARNS, "callbacks.grokking_time.stop_after_steps=50"])
+    assert summary["final"]["val/acc"] >= 0.95
+    assert summary["grokked"] and summary["status"] == "stopped_after_grokking"
+    grok = summary["grok"]
+    steps = [grok[f"grok/val_acc_{t}_step"] for t in ("0.5", "0.9", "0.95", "0.99")]
+    assert all(s is not None for s in steps) and steps == sorted(steps)
+    assert summary["steps"] == grok["grok/val_acc_0.99_step"] + 50
+    assert grok["grok/train_acc_0.99_step"] is not None
+    # metrics.csv indexes rows by steps done - 1; val/acc there first reaches 0.99 on that row
+    logged = rows(run_dir)
+    first = min(int(r["step"]) for r in logged if r.get("val/acc") and float(r["val/acc"]) >= 0.99)
+    assert first + 1 == grok["grok/val_acc_0.99_step"]
+    assert any(r.get("grok/val_acc_0.99_step") for r in logged)
+
+
+def test_run_folder_holds_summary_metrics_and_checkpoints(run_config):
+    summary, run_dir = run_config(["data.test_fraction=0.2"])
+    on_disk = read_json(run_dir / "summary.json")
+    assert on_disk["status"] == "completed" and on_disk["steps"] == 40
+    assert set(on_disk["final"]) == {f"{s}/{m}" for s in ("train", "val", "test") for m in ("loss", "acc")}
+    assert on_disk["wall_time_s"] > 0 and on_disk["steps_per_s"] > 0
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    names = set(rows(run_dir)[0])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "step"} <= names
+    # final numbers are measured on the final weights: they match a fresh evaluation of last.ckpt
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 40
+
+
+@pytest.mark.parametrize("batch", ["-1", "32"])
+def test_resume_continues_to_the_same_final_metrics(run_config, batch):
+    common = [f"data.batch_size={batch}", "callbacks.checkpoint.every_n_train_steps=10"]
+    straight, _ = run_config([*common, "trainer.max_steps=60"], name="straight")
+    _, first_half = run_config([*common, "trainer.max_steps=30"], name="first")
+    resumed, _ = run_config([*common, "trainer.max_steps=60", f"ckpt_path={first_half}/checkpoints/last.ckpt"],
+                            name="resumed")
+    assert resumed["steps"] == straight["steps"] == 60
+    for key, value in straight["final"].items():
+        assert resumed["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(run_config):
+    summary, run_dir = run_config([
+        "+regularizer.boom._target_=tests.helpers.NaNAfter", "+regularizer.boom.weight=1.0",
+        "+regularizer.boom.after=25", "callbacks.checkpoint.every_n_train_steps=10",
+    ])
+    assert summary["status"] == "diverged" and "step 25" in summary["error"]
+    assert summary["steps"] == 25
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 20
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+    assert read_json(run_dir / "summary.json")["status"] == "diverged"
+    assert all(math.isfinite(v) for v in summary["final"].values())
+
+
+def test_same_seed_same_init_other_seed_other_init(run_config):
+    a, _ = run_config(["trainer.max_steps=5"], name="a")
+    b, _ = run_config(["trainer.max_steps=5"], name="b")
+    c, _ = run_config(["trainer.max_steps=5", "seed=1"], name="c")
+    assert a["final"] == b["final"] and a["final"] != c["final"]
+
+
+@pytest.mark.parametrize("override", ["data.p=15", "data.operations=[div]", "data.operations=[add,mul]"])
+def test_valid_overrides_run(run_config, override):
+    """A composite modulus is fine for addition (only division needs a prime); multi-op one-hot works."""
+    summary, _ = run_config([override, "trainer.max_steps=2"])
+    assert summary["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.p=15", "data.operations=[div]"], "data.p=15 is not allowed: expected a prime for operation 'div'"),
+        (["data.train_fraction=1.5"], "data.train_fraction=1.5"),
+        (["data.batch_size=0"], "data.batch_size=0"),
+        (["model.hidden_dim=0"], "model.hidden_dim=0"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1"),
+        (["ckpt_path=/no/such/file.ckpt"], "ckpt_path='/no/such/file.ckpt'"),
+        (["model=transformer"], "data.format='onehot inputs' is not allowed: expected tokens or sequence"),
+        (["data.format=tokens"], "expected onehot for model MLP"),
+        (["+model.num_classes=5"], "model.num_classes=5 is not allowed: expected unset"),
+        (["callbacks.grokking_time.stop_after_steps=-1"], "callbacks.grokking_time.stop_after_steps=-1"),
+    ],
+)
+def test_bad_values_raise_one_clear_error(run_config, overrides, message):
+    with pytest.raises(ConfigError) as info:
+        run_config(overrides)
+    assert message in str(info.value)
