@@ -1,0 +1,55 @@
+"""`python launch.py` as a user runs it: overrides, help, errors, multirun (sequential and joblib)."""
+import pytest
+
+from tests.conftest import SMALL, launch_cli, read_json
+
+FAST = [*SMALL, "trainer.max_steps=20"]
+
+
+def test_run_with_overrides_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = launch_cli([*FAST, "optimizer.weight_decay=0.5", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "completed" and summary["steps"] == 20
+    assert "optimizer.weight_decay=0.5" in summary["overrides"]
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / "metrics.csv").is_file()
+    assert f"run folder: {out}" in result.stdout and f"outputs in {out}" in result.stdout
+
+
+def test_help_and_cfg_job(tmp_path):
+    help_text = launch_cli(["--help"], cwd=tmp_path)
+    assert help_text.returncode == 0 and "experiment: " in help_text.stdout and "mlp_grok" in help_text.stdout
+    job = launch_cli(["--cfg", "job", "experiment=nanda_grok"], cwd=tmp_path)
+    assert job.returncode == 0 and "activation: relu" in job.stdout and "p: 113" in job.stdout
+
+
+def test_bad_value_is_one_clear_line_without_traceback(tmp_path):
+    result = launch_cli([*FAST, "data.operations=[div]", "data.p=12", f"hydra.run.dir={tmp_path}/r"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "[grokking-lab] error: data.p=12 is not allowed: expected a prime for operation 'div'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("model=resnet", "Could not find 'model/resnet'"),
+    ("experiment=nope", "Could not find 'experiment/nope'"),
+    ("data.prime=7", "Key 'prime' is not in struct"),
+])
+def test_unknown_names_are_rejected_by_name(tmp_path, arg, expected):
+    result = launch_cli([arg], cwd=tmp_path)
+    assert result.returncode == 1 and expected in result.stderr
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_multirun_leaves_one_run_folder_per_job(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    if launcher == "joblib":
+        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    result = launch_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summaries = [read_json(sweep / str(i) / "summary.json") for i in (0, 1)]
+    assert [s["seed"] for s in summaries] == [0, 1]
+    assert all(s["status"] == "completed" for s in summaries)
+    assert summaries[0]["final"] != summaries[1]["final"]  # different inits
