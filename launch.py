@@ -39,7 +39,7 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, ConfigError):
             raise cause.under(key) from None
         if isinstance(cause, TypeError) and "argument" in str(cause):
-            raise ConfigError(key, OmegaConf.to_container(node).get("_target_"), f"valid arguments ({cause})") from None
+            raise ConfigError(key, node.get("_target_"), f"only settings it accepts ({cause})") from None
         raise
 
 
@@ -86,6 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                              regularizers=build(cfg.regularizer, "regularizer"))
         callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node]
         loggers = [build(node, f"logger.{name}") for name, node in (cfg.logger or {}).items() if node]
+        grok = next((c for c in callbacks if isinstance(c, GrokkingTime)), None)
         trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                     default_root_dir=str(out))
         for logger in loggers:
@@ -96,7 +97,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if trainer.interrupted:
                 summary["status"] = "interrupted"
             else:
-                grok = next((c for c in callbacks if isinstance(c, GrokkingTime)), None)
                 early = grok is not None and trainer.should_stop and trainer.global_step < trainer.max_steps
                 summary["status"] = "stopped_after_grokking" if early else "completed"
                 trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
@@ -111,7 +111,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             for split, batch in datamodule.splits.items() if len(batch.targets)
             for name, value in module.evaluate(batch).items()
         }
-        grok = next((c for c in callbacks if isinstance(c, GrokkingTime)), None)
         summary["grok"] = dict(grok.steps) if grok else {}
         summary["grokked"] = bool(grok and grok.grokked_step is not None)
         summary["checkpoints"] = sorted(str(p.relative_to(out)) for p in (out / "checkpoints").glob("*.ckpt"))

@@ -38,7 +38,8 @@ class GrokkingModule(pl.LightningModule):
         self.regularizers = dict(regularizers or {})
         accuracy = lambda: MulticlassAccuracy(spec.num_classes, average="micro", validate_args=False)  # noqa: E731
         self.train_acc = accuracy()
-        groups = spec.group_names if len(spec.group_names) > 1 else ()
+        self.per_group = len(spec.group_names) > 1  # multi-op data: accuracy per operation too
+        groups = spec.group_names if self.per_group else ()
         self.eval_metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
@@ -102,7 +103,7 @@ class GrokkingModule(pl.LightningModule):
         answers = self.answers(batch)
         metrics["loss"].update(loss, weight=batch.loss_mask.sum())
         metrics["acc"].update(answer_logits, answers)
-        for i, group in enumerate(self.spec.group_names if len(metrics) > 2 else ()):
+        for i, group in enumerate(self.spec.group_names if self.per_group else ()):
             keep = batch.group == i
             metrics[f"acc/{group}"].update(answer_logits[keep], answers[keep])
         self.log_dict({f"{stage}/{name}": metric for name, metric in metrics.items()}, on_step=False, on_epoch=True)
