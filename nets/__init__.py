@@ -1,6 +1,7 @@
 """Plain nn.Modules (no Lightning, no Hydra). Each forward returns a `NetOutput`."""
 from nets.mlp import MLP
 from nets.output import NetOutput
+from nets.routed_transformer import RoutedTransformer
 from nets.transformer import Transformer
 
-__all__ = ["MLP", "NetOutput", "Transformer"]
+__all__ = ["MLP", "NetOutput", "RoutedTransformer", "Transformer"]

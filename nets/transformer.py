@@ -42,7 +42,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """d_model -> d_mlp -> d_model."""
+    """d_model -> d_mlp -> d_model. Like every block FFN, returns (output, routing weights or None)."""
 
     def __init__(self, d_model: int, d_mlp: int, activation: str, bias: bool):
         super().__init__()
@@ -50,8 +50,8 @@ class FeedForward(nn.Module):
         self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
         self.down = nn.Linear(d_mlp, d_model, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.act(self.up(x)))
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self.down(self.act(self.up(x))), None
 
 
 class Block(nn.Module):
@@ -64,10 +64,12 @@ class Block(nn.Module):
         self.ln_ffn = make_norm(norm, d_model)
         self.ffn = ffn
 
-    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """-> (residual stream, attention probabilities or None, routing weights or None)."""
         a, attn = self.attn(self.ln_attn(x), return_attention)
         x = x + a
-        return x + self.ffn(self.ln_ffn(x)), attn
+        f, routing = self.ffn(self.ln_ffn(x))
+        return x + f, attn, routing
 
 
 class Transformer(nn.Module):
@@ -119,7 +121,7 @@ class Transformer(nn.Module):
             self.unembed.weight = self.token_embedding.weight
 
     def make_ffn(self, d_model: int, d_mlp: int, activation: str, bias: bool) -> nn.Module:
-        """The per-block FFN; subclasses (routed transformers) replace it."""
+        """The per-block FFN (returns (output, routing or None)); subclasses (routed transformers) replace it."""
         return FeedForward(d_model, d_mlp, activation, bias)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -132,12 +134,14 @@ class Transformer(nn.Module):
         # tokens: (B, T) -> logits (B, T, num_classes)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.token_embedding(tokens) + self.position_embedding(positions)
-        attention = []
+        attention, routing = [], []
         for block in self.blocks:
-            x, attn = block(x, return_attention)
+            x, attn, weights = block(x, return_attention)
             if attn is not None:
                 attention.append(attn)
-        return NetOutput(logits=self.unembed(self.ln_final(x)), attention=attention)
+            if weights is not None:
+                routing.append(weights)
+        return NetOutput(logits=self.unembed(self.ln_final(x)), attention=attention, routing=routing)
 
     def no_weight_decay(self) -> set[str]:
         """Embeddings are covered by the generic rule; a tied unembedding shares their (no-decay) weight."""
