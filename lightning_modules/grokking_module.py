@@ -18,8 +18,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.batch import Batch, TaskSpec
 from lightning_modules.cadence import is_log_step
+from lightning_modules.compute_cost import binary_entropy
 from lightning_modules.optimization import AdamWRecipe
 from lightning_modules.regularizers import Regularizer
+from lightning_modules.routing_regularizers import entropy
 from nets.output import NetOutput
 
 EVAL_STAGES = ("val", "test")
@@ -78,7 +80,7 @@ class GrokkingModule(pl.LightningModule):
             if self.regularizers:
                 metrics |= {"train/task_loss": task_loss, "train/total_loss": total}
                 metrics |= {f"train/reg/{name}": term for name, term in terms.items()}
-            self.log_dict(metrics, prog_bar=False)
+            self.log_dict(metrics | structure_metrics(output), prog_bar=False)
         return total
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
@@ -127,3 +129,20 @@ class GrokkingModule(pl.LightningModule):
         self.train(was_training)
         acc = (answer_logits.argmax(-1) == self.answers(batch)).float().mean()
         return {"loss": loss.item(), "acc": acc.item()}
+
+
+@torch.no_grad()
+def structure_metrics(output: NetOutput) -> dict[str, Tensor]:
+    """Gate values and routing statistics of the training batch, under the DESIGN.md metric names."""
+    metrics: dict[str, Tensor] = {}
+    if output.gates is not None:
+        g = output.gates.reshape(-1, output.gates.shape[-1]).mean(0)  # (n_layers,)
+        metrics |= {f"gates/layer_{i}": v for i, v in enumerate(g)}
+        metrics["gates/effective_depth"] = g.sum()
+        metrics["gates/active_layers"] = (g > 0.5).sum().float()
+        metrics["gates/entropy"] = binary_entropy(g).mean()
+    for i, weights in enumerate(output.routing):
+        flat = weights.reshape(-1, weights.shape[-1])
+        metrics[f"routing/entropy/layer_{i}"] = entropy(flat).mean()
+        metrics |= {f"routing/usage/layer_{i}/head_{j}": u for j, u in enumerate(flat.mean(0))}
+    return metrics

@@ -1,7 +1,8 @@
 """Plain nn.Modules (no Lightning, no Hydra). Each forward returns a `NetOutput`."""
+from nets.gated_mlp import GatedMLP
 from nets.mlp import MLP
 from nets.output import NetOutput
 from nets.routed_transformer import RoutedTransformer
 from nets.transformer import Transformer
 
-__all__ = ["MLP", "NetOutput", "RoutedTransformer", "Transformer"]
+__all__ = ["GatedMLP", "MLP", "NetOutput", "RoutedTransformer", "Transformer"]

@@ -13,12 +13,12 @@ class NetOutput:
     logits: (batch, classes) for nets that answer once, (batch, positions, classes) for sequence nets.
     routing: per layer, the routing weights (..., n_heads) of routed nets; each sums to 1 over heads.
     gates: (n_layers,) or (batch, n_layers) gate values in [0, 1] of gated-depth nets.
-    compute_cost: the differentiable compute penalty of gated nets, before its weight.
+    layer_flops: (n_layers,) relative cost of each gated layer, for FLOP-weighted compute penalties.
     attention: per layer, attention probabilities (batch, heads, query, key), only when asked for.
     """
 
     logits: Tensor
     routing: list[Tensor] = field(default_factory=list)
     gates: Tensor | None = None
-    compute_cost: Tensor | None = None
+    layer_flops: Tensor | None = None
     attention: list[Tensor] = field(default_factory=list)

@@ -1,0 +1,39 @@
+"""Compute-cost penalties on the gates of gated-depth nets (least-action learning, seed 001).
+
+| kind | term |
+|---|---|
+| sum | sum_l g_l (the effective depth) |
+| weighted | sum_l g_l * flops_l / max flops (heavier layers cost more) |
+| entropy | sum_l H(g_l), H the binary entropy: penalises half-on gates |
+| sum+entropy | sum + entropy |
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from lightning_modules.regularizers import Regularizer
+from nets.output import NetOutput
+from runtime.errors import require
+
+
+def binary_entropy(g: Tensor) -> Tensor:
+    g = g.clamp(1e-6, 1 - 1e-6)
+    return -(g * g.log() + (1 - g) * (1 - g).log())
+
+
+class ComputeCost(Regularizer):
+    KINDS = ("sum", "weighted", "entropy", "sum+entropy")
+
+    def __init__(self, kind: str, weight: float):
+        super().__init__(weight)
+        require(kind in self.KINDS, "kind", kind, ", ".join(self.KINDS))
+        self.kind = kind
+
+    def term(self, output: NetOutput) -> Tensor:
+        if output.gates is None:
+            raise ValueError(f"the '{self.kind}' compute cost needs a net that returns gates")
+        g = output.gates
+        if self.kind == "weighted":
+            return (g * output.layer_flops).sum()
+        cost = g.sum() if self.kind in ("sum", "sum+entropy") else 0
+        return cost + binary_entropy(g).sum() if "entropy" in self.kind else cost
