@@ -80,7 +80,8 @@ class GrokkingModule(pl.LightningModule):
             if self.regularizers:
                 metrics |= {"train/task_loss": task_loss, "train/total_loss": total}
                 metrics |= {f"train/reg/{name}": term for name, term in terms.items()}
-            self.log_dict(metrics | structure_metrics(output), prog_bar=False)
+            groups = dict(enumerate(self.spec.group_names)) if self.per_group else {}
+            self.log_dict(metrics | structure_metrics(output, batch.group, groups), prog_bar=False)
         return total
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
@@ -132,8 +133,9 @@ class GrokkingModule(pl.LightningModule):
 
 
 @torch.no_grad()
-def structure_metrics(output: NetOutput) -> dict[str, Tensor]:
-    """Gate values and routing statistics of the training batch, under the DESIGN.md metric names."""
+def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, str]) -> dict[str, Tensor]:
+    """Gate values and routing statistics of the training batch, under the DESIGN.md metric names;
+    on multi-op data also head usage per operation (`routing/usage/layer_<i>/<op>/head_<j>`)."""
     metrics: dict[str, Tensor] = {}
     if output.gates is not None:
         g = output.gates.reshape(-1, output.gates.shape[-1]).mean(0)  # (n_layers,)
@@ -145,4 +147,8 @@ def structure_metrics(output: NetOutput) -> dict[str, Tensor]:
         flat = weights.reshape(-1, weights.shape[-1])
         metrics[f"routing/entropy/layer_{i}"] = entropy(flat).mean()
         metrics |= {f"routing/usage/layer_{i}/head_{j}": u for j, u in enumerate(flat.mean(0))}
+        per_example = weights.reshape(weights.shape[0], -1, weights.shape[-1]).mean(1)  # (B, N)
+        for g, name in group_names.items():
+            usage = per_example[group == g].mean(0)
+            metrics |= {f"routing/usage/layer_{i}/{name}/head_{j}": u for j, u in enumerate(usage)}
     return metrics

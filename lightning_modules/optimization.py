@@ -25,6 +25,7 @@ class AdamWRecipe:
     weight_decay: float = 1.0
     warmup_steps: int = 0
     decay: DecayPolicy = field(default_factory=DecayPolicy)
+    declared_lr: float | None = None  # own learning rate for what a net declares (gates, routing); None = lr
 
     def __post_init__(self) -> None:
         if isinstance(self.decay, dict) or hasattr(self.decay, "items"):
@@ -38,17 +39,25 @@ class AdamWRecipe:
         require(isinstance(self.eps, (int, float)) and self.eps > 0, "eps", self.eps, "a positive number")
         require(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "weight_decay",
                 self.weight_decay, "a number >= 0")
+        require(self.declared_lr is None or (isinstance(self.declared_lr, (int, float)) and self.declared_lr > 0),
+                "declared_lr", self.declared_lr, "null or a positive number")
         require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", self.warmup_steps,
                 "an integer >= 0")
 
     def param_groups(self, net: nn.Module) -> list[dict]:
+        """decay / no_decay groups; with `declared_lr`, the declared parameters move to groups of their own
+        (`declared_decay` / `declared_no_decay`) with that learning rate."""
         params = dict(net.named_parameters())
         decayed, exempt = split_by_decay(net, self.decay)
-        groups = [
-            {"name": "decay", "params": [params[n] for n in decayed], "weight_decay": self.weight_decay},
-            {"name": "no_decay", "params": [params[n] for n in exempt], "weight_decay": 0.0},
-        ]
-        return [g for g in groups if g["params"]]
+        declared = set(getattr(net, "no_weight_decay", set)()) if self.declared_lr is not None else set()
+        groups = []
+        for prefix, names, lr in (("", lambda n: n not in declared, self.lr),
+                                  ("declared_", lambda n: n in declared, self.declared_lr)):
+            for name, members, wd in (("decay", decayed, self.weight_decay), ("no_decay", exempt, 0.0)):
+                chosen = [params[n] for n in members if names(n)]
+                if chosen:
+                    groups.append({"name": prefix + name, "params": chosen, "weight_decay": wd, "lr": lr})
+        return groups
 
     def build(self, net: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         optimizer = torch.optim.AdamW(self.param_groups(net), lr=self.lr, betas=self.betas, eps=self.eps)

@@ -43,3 +43,16 @@ def test_token_task_reads_the_last_position():
     result = module.evaluate(batch)
     expected_acc = (logits[:, -1].argmax(-1) == batch.targets[:, 0]).float().mean().item()
     assert result["acc"] == expected_acc and abs(result["loss"] - loss.item()) < 1e-6
+
+
+def test_multi_op_routed_run_logs_head_usage_per_operation(run_config):
+    import csv
+
+    _, run_dir = run_config(["experiment=routed_multi_op", "data.p=7", "model.n_layers=1", "model.d_model=16",
+                             "trainer.max_steps=10"])
+    with open(run_dir / "metrics.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r.get("routing/entropy/layer_0"))
+    for op in ("add", "mul"):
+        usage = [float(row[f"routing/usage/layer_0/{op}/head_{j}"]) for j in range(4)]
+        assert abs(sum(usage) - 1) < 1e-5  # mean routing weights of that operation's examples
+    assert "val/acc/add" in row and "val/acc/mul" in row  # per-operation validation accuracy

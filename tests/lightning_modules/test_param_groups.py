@@ -91,3 +91,14 @@ def test_bad_optimizer_settings(kw, key):
     with pytest.raises(ConfigError) as info:
         AdamWRecipe(**kw)
     assert info.value.key == key
+
+
+def test_declared_parameters_can_get_their_own_learning_rate():
+    optimizer, scheduler = AdamWRecipe(lr=1e-3, declared_lr=1e-2, warmup_steps=2).build(Declares())
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"decay", "no_decay", "declared_no_decay"}
+    assert len(groups["declared_no_decay"]["params"]) == 1 and groups["declared_no_decay"]["weight_decay"] == 0.0
+    optimizer.step()
+    scheduler.step()  # warmup scales every group's own lr
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert groups["declared_no_decay"]["lr"] == pytest.approx(1e-2)
