@@ -148,7 +148,7 @@ def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, s
         metrics[f"routing/entropy/layer_{i}"] = entropy(flat).mean()
         metrics |= {f"routing/usage/layer_{i}/head_{j}": u for j, u in enumerate(flat.mean(0))}
         per_example = weights.reshape(weights.shape[0], -1, weights.shape[-1]).mean(1)  # (B, N)
-        for g, name in group_names.items():
-            usage = per_example[group == g].mean(0)
+        for index, name in group_names.items():
+            usage = per_example[group == index].mean(0)
             metrics |= {f"routing/usage/layer_{i}/{name}/head_{j}": u for j, u in enumerate(usage)}
     return metrics

@@ -19,6 +19,7 @@ from einops import einsum
 from torch import Tensor, nn
 
 from nets.output import NetOutput
+from nets.parallel_heads import ParallelMLPHeads
 from runtime.errors import require
 
 
@@ -29,17 +30,12 @@ class RoutedLayer(nn.Module):
         self.residual_proj = nn.Linear(d_model, d_model)
         self.gate = nn.Linear(d_model, n_heads)
         self.update = nn.Linear(state_dim + d_model, state_dim)
-        self.up = nn.Parameter(torch.randn(n_heads, d_model, d_hidden) / d_model**0.5)
-        self.up_bias = nn.Parameter(torch.zeros(n_heads, d_hidden))
-        self.down = nn.Parameter(torch.randn(n_heads, d_hidden, d_model) / d_hidden**0.5)
-        self.down_bias = nn.Parameter(torch.zeros(n_heads, d_model))
+        self.heads = ParallelMLPHeads(n_heads, d_model, d_hidden)
         self.act = nn.GELU()
 
     def forward(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         weights = self.gate(self.act(self.state_proj(state) + self.residual_proj(x))).softmax(-1)  # (B, N)
-        h = self.act(einsum(x, self.up, "b d, n d m -> b n m") + self.up_bias)
-        heads = einsum(h, self.down, "b n m, n m d -> b n d") + self.down_bias
-        out = einsum(weights, heads, "b n, b n d -> b d")
+        out = einsum(weights, self.heads(x), "b n, b n d -> b d")
         return x + out, self.update(torch.cat([state, out], dim=-1)), weights
 
 

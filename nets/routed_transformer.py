@@ -9,10 +9,10 @@ can specialise (the study's finding 4). `optimizer.decay.declared=true` puts the
 """
 from __future__ import annotations
 
-import torch
 from einops import einsum
 from torch import Tensor, nn
 
+from nets.parallel_heads import ParallelMLPHeads
 from nets.transformer import Transformer
 from runtime.errors import require
 
@@ -20,24 +20,12 @@ from runtime.errors import require
 class RoutedFFN(nn.Module):
     def __init__(self, d_model: int, d_mlp: int, n_ffn_heads: int, activation: str, bias: bool):
         super().__init__()
-        self.n_heads = n_ffn_heads
-        # all heads' weights in one tensor each: (heads, in, out), so the N heads run as one batched matmul
-        self.up = nn.Parameter(torch.empty(n_ffn_heads, d_model, d_mlp))
-        self.down = nn.Parameter(torch.empty(n_ffn_heads, d_mlp, d_model))
-        self.up_bias = nn.Parameter(torch.zeros(n_ffn_heads, d_mlp)) if bias else None
-        self.down_bias = nn.Parameter(torch.zeros(n_ffn_heads, d_model)) if bias else None
-        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.heads = ParallelMLPHeads(n_ffn_heads, d_model, d_mlp, activation, bias)
         self.gate = nn.Linear(d_model, n_ffn_heads)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         weights = self.gate(x).softmax(dim=-1)  # (B, T, N)
-        h = einsum(x, self.up, "b t d, n d m -> b t n m")
-        if self.up_bias is not None:
-            h = h + self.up_bias
-        y = einsum(self.act(h), self.down, "b t n m, n m d -> b t n d")
-        if self.down_bias is not None:
-            y = y + self.down_bias
-        return einsum(weights, y, "b t n, b t n d -> b t d"), weights
+        return einsum(weights, self.heads(x), "b t n, b t n d -> b t d"), weights
 
 
 class RoutedTransformer(Transformer):
@@ -53,7 +41,7 @@ class RoutedTransformer(Transformer):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, RoutedFFN):
+        if isinstance(module, ParallelMLPHeads):
             nn.init.normal_(module.up, std=self.init_std)
             nn.init.normal_(module.down, std=self.init_std)
 

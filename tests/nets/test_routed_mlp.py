@@ -26,8 +26,8 @@ def test_layer_matches_the_seed_equations():
     new_x, new_s, w = layer(x, s)
     act = torch.nn.functional.gelu
     expected_w = layer.gate(act(layer.state_proj(s) + layer.residual_proj(x))).softmax(-1)
-    heads = torch.stack([act(x @ layer.up[i] + layer.up_bias[i]) @ layer.down[i] + layer.down_bias[i]
-                         for i in range(3)], dim=1)
+    h = layer.heads
+    heads = torch.stack([act(x @ h.up[i] + h.up_bias[i]) @ h.down[i] + h.down_bias[i] for i in range(3)], dim=1)
     out = (expected_w[..., None] * heads).sum(1)
     torch.testing.assert_close(w, expected_w)
     torch.testing.assert_close(new_x, x + out)

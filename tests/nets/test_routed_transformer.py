@@ -22,9 +22,10 @@ def test_routed_ffn_is_the_weighted_sum_of_independent_heads():
     ffn = net().blocks[0].ffn
     x = torch.randn(2, 4, 16)
     out, w = ffn(x)
+    heads = ffn.heads
     expected = sum(
-        w[..., i : i + 1] * (ffn.act(x @ ffn.up[i] + ffn.up_bias[i]) @ ffn.down[i] + ffn.down_bias[i])
-        for i in range(ffn.n_heads)
+        w[..., i : i + 1] * (heads.act(x @ heads.up[i] + heads.up_bias[i]) @ heads.down[i] + heads.down_bias[i])
+        for i in range(heads.n_heads)
     )
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 

@@ -1,0 +1,26 @@
+"""N independent MLP heads (d_in -> d_hidden -> d_in) run as one batched matmul, for routed nets."""
+from __future__ import annotations
+
+import torch
+from einops import einsum
+from torch import Tensor, nn
+
+
+class ParallelMLPHeads(nn.Module):
+    """x (..., d) -> every head's output (..., n_heads, d). Weights are stored (heads, in, out)."""
+
+    def __init__(self, n_heads: int, d_model: int, d_hidden: int, activation: str = "gelu", bias: bool = True):
+        super().__init__()
+        self.n_heads = n_heads
+        self.up = nn.Parameter(torch.randn(n_heads, d_model, d_hidden) / d_model**0.5)
+        self.down = nn.Parameter(torch.randn(n_heads, d_hidden, d_model) / d_hidden**0.5)
+        self.up_bias = nn.Parameter(torch.zeros(n_heads, d_hidden)) if bias else None
+        self.down_bias = nn.Parameter(torch.zeros(n_heads, d_model)) if bias else None
+        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = einsum(x, self.up, "... d, n d m -> ... n m")
+        if self.up_bias is not None:
+            h = h + self.up_bias
+        y = einsum(self.act(h), self.down, "... n m, n m d -> ... n d")
+        return y if self.down_bias is None else y + self.down_bias
