@@ -17,17 +17,21 @@ import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks import GrokkingTime, NonFiniteLossError
 from datamodules import TaskSpec
 from runtime.errors import ConfigError, require
-from runtime.loggers import finish_wandb, publish_summary
+from runtime.init import prepare_init
+from runtime.loggers import finish_wandb, publish_summary, wandb_identity
 from runtime.quiet import quiet_library_noise
-from runtime.summary import write_summary
+from runtime.summary import read_summary, write_summary
 
 SPEC_FIELDS = ("in_features", "vocab_size", "num_classes", "seq_len")
+FINISHED = ("completed", "stopped_after_grokking")  # statuses `resume=true` skips
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -64,15 +68,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train one configuration; always leaves `summary.json` in the run folder, whatever happens."""
     out = Path(cfg.paths.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[grokking-lab] run folder: {out}", flush=True)
+    report = print if rank_zero_only.rank == 0 else (lambda *a, **k: None)  # DDP: only the main process speaks
+    report(f"[grokking-lab] run folder: {out}", flush=True)
     started = time.time()
     quiet_library_noise()
     summary: dict[str, Any] = {"status": "failed", "experiment": cfg.get("name"), "seed": cfg.seed,
                                "overrides": overrides(), "run_dir": str(out)}
     loggers: list = []
+    ckpt_path = cfg.ckpt_path
+    if cfg.get("resume"):
+        previous = read_summary(out) if (out / "summary.json").is_file() else {}
+        if previous.get("status") in FINISHED:
+            report(f"[grokking-lab] resume: already {previous['status']}, skipped: {out}", flush=True)
+            return previous
+        last = out / "checkpoints" / "last.ckpt"
+        if ckpt_path is None and last.is_file():
+            ckpt_path = str(last)
+            report(f"[grokking-lab] resume: continuing from {last}", flush=True)
     try:
         require(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
-        require(cfg.ckpt_path is None or Path(cfg.ckpt_path).is_file(), "ckpt_path", cfg.ckpt_path,
+        require(ckpt_path is None or Path(ckpt_path).is_file(), "ckpt_path", ckpt_path,
                 "null or the path of an existing checkpoint file")
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
@@ -80,6 +95,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         datamodule = build(cfg.data, "data")
         pl.seed_everything(cfg.seed, workers=False, verbose=False)  # the model-init seed, apart from the split's
         net = build_net(cfg.model, datamodule.spec)
+        if ckpt_path is None:  # a resumed run takes its weights from the checkpoint
+            summary["init_fingerprint"] = prepare_init(net, out, cfg.get("init_from"), cfg.get("init_scale", 1.0))
         # objects are passed after instantiation: Hydra would turn dataclass arguments into configs
         make_module = build(cfg.module, "module", _partial_=True)
         module = make_module(net=net, spec=datamodule.spec, optimizer=build(cfg.optimizer, "optimizer"),
@@ -91,9 +108,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                     default_root_dir=str(out))
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if wandb_run := wandb_identity(loggers):
+            summary["wandb"] = wandb_run
         summary["status"] = "running"
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             if trainer.interrupted:
                 summary["status"] = "interrupted"
             else:
@@ -104,7 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     trainer.test(module, datamodule=datamodule, verbose=False)
         except NonFiniteLossError as err:
             summary |= {"status": "diverged", "error": str(err)}
-            print(f"[grokking-lab] diverged: {err}; the last good checkpoint is kept", file=sys.stderr)
+            report(f"[grokking-lab] diverged: {err}; the last good checkpoint is kept", file=sys.stderr)
         summary["steps"] = trainer.global_step
         summary["final"] = {
             f"{split}/{name}": value
@@ -124,14 +143,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary["wall_time_s"] = round(wall, 2)
         if summary.get("steps"):
             summary["steps_per_s"] = round(summary["steps"] / wall, 2)
-        write_summary(out / "summary.json", summary)
+        if rank_zero_only.rank == 0:
+            write_summary(out / "summary.json", summary)
         try:
             publish_summary(loggers, summary)
         finally:
             finish_wandb(loggers)
-        print(f"[grokking-lab] {summary['status']} after {summary.get('steps', 0)} steps in {wall:.1f} s; "
+        report(f"[grokking-lab] {summary['status']} after {summary.get('steps', 0)} steps in {wall:.1f} s; "
               f"outputs in {out}", flush=True)
     return summary
+
+
+class JobFailed(Exception):
+    """One job of a multirun failed (its summary.json says why); the sweep's other jobs still run."""
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -139,7 +163,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = run(cfg)
     except ConfigError as err:
-        raise SystemExit(f"[grokking-lab] error: {err}") from None
+        message = f"[grokking-lab] error: {err}"
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            # an ordinary exception: Hydra records this job as failed and goes on with the others
+            print(message, file=sys.stderr, flush=True)
+            raise JobFailed(message) from None
+        raise SystemExit(message) from None
     return summary.get("final", {}).get("val/acc")
 
 

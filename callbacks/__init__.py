@@ -2,5 +2,6 @@
 from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from callbacks.grokking_time import GrokkingTime
 from callbacks.progress import StepProgressBar
+from callbacks.temperature import TemperatureAnnealing
 
-__all__ = ["FiniteLossGuard", "GrokkingTime", "NonFiniteLossError", "StepProgressBar"]
+__all__ = ["FiniteLossGuard", "GrokkingTime", "NonFiniteLossError", "StepProgressBar", "TemperatureAnnealing"]

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+FORMATS = ("onehot", "tokens", "sequence")  # how an equation is encoded: one-hot (a, b), [a, OP, b, =], full sequence
+
 
 class Batch(NamedTuple):
     """inputs: (N, in_features) floats or (N, T_in) token ids.

@@ -18,12 +18,19 @@ def take(batch: Batch, index: torch.Tensor) -> Batch:
     return Batch(*(t[index] for t in batch))
 
 
+def shard(batch: Batch, rank: int, world_size: int) -> Batch:
+    """This process's share of a batch under data parallelism (every `world_size`-th example from `rank`)."""
+    return batch if world_size == 1 else take(batch, slice(rank, None, world_size))
+
+
 class TrainBatches:
     """Endless batches: the whole split every step (`batch_size` <= 0), or shuffled mini-batches per epoch."""
 
-    def __init__(self, data: Batch, batch_size: int, shuffle_seed: int, first_step: int = 0):
+    def __init__(self, data: Batch, batch_size: int, shuffle_seed: int, first_step: int = 0,
+                 rank: int = 0, world_size: int = 1):
         self.data, self.batch_size, self.shuffle_seed = data, batch_size, shuffle_seed
         self.first_step = first_step  # the index of the first batch served (the restored step on resume)
+        self.rank, self.world_size = rank, world_size  # under DDP each process serves its shard of each batch
 
     @property
     def full_batch(self) -> bool:
@@ -35,13 +42,14 @@ class TrainBatches:
         step, order, order_epoch = self.first_step, None, None
         while True:
             if self.full_batch:
-                yield self.data
+                batch = self.data
             else:
                 epoch, i = divmod(step, per_epoch)
                 if epoch != order_epoch:
                     generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + epoch)
                     order, order_epoch = torch.randperm(n, generator=generator).to(self.data.targets.device), epoch
-                yield take(self.data, order[i * self.batch_size : (i + 1) * self.batch_size])
+                batch = take(self.data, order[i * self.batch_size : (i + 1) * self.batch_size])
+            yield shard(batch, self.rank, self.world_size)
             step += 1
 
 

@@ -18,12 +18,12 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from datamodules.batch import Batch, TaskSpec
-from datamodules.loaders import EvalBatches, TrainBatches, take
+from datamodules.batch import FORMATS, Batch, TaskSpec
+from datamodules.loaders import EvalBatches, TrainBatches, shard, take
+from datamodules.loss_bounds import loss_bounds
 from datamodules.operations import OPERATIONS, is_prime
 from runtime.errors import require
 
-FORMATS = ("onehot", "tokens", "sequence")
 ANSWER_POSITION_IN_SEQUENCE = 4  # targets = [a, OP, b, EQ, c, EOS, EOS]; c sits at index 4
 
 
@@ -152,13 +152,28 @@ class ModularArithmetic(pl.LightningDataModule):
     def train_dataloader(self) -> TrainBatches:
         # Lightning asks for it after restoring a checkpoint, so global_step is the step to resume from
         first_step = self.trainer.global_step if self.trainer is not None else 0
-        return TrainBatches(self.splits["train"], self.batch_size, self.shuffle_seed, first_step)
+        return TrainBatches(self.splits["train"], self.batch_size, self.shuffle_seed, first_step, *self._ranks())
 
     def val_dataloader(self) -> EvalBatches:
-        return EvalBatches(self.splits["val"], self.eval_batch_size)
+        return EvalBatches(shard(self.splits["val"], *self._ranks()), self.eval_batch_size)
 
     def test_dataloader(self) -> EvalBatches:
-        return EvalBatches(self.splits["test"], self.eval_batch_size)
+        return EvalBatches(shard(self.splits["test"], *self._ranks()), self.eval_batch_size)
+
+    def _ranks(self) -> tuple[int, int]:
+        """(rank, world size): under DDP each process trains and evaluates on its shard; metrics are synced."""
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def grid(self) -> Batch:
+        """Every (a, b) of the first operation in a-major order, a (p*p) grid when b = 0 is allowed
+        (for diagnostics and penalties that read the net's output as a function on Z_p x Z_p)."""
+        keep = self.all.group == 0
+        return Batch(*(t[keep] for t in self.all))
+
+    def loss_bounds(self) -> dict[str, float]:
+        """Reference losses of this task (seed 003): a perfectly generalising model's and a random answer's."""
+        bounds = loss_bounds(self.p, self.format, self.loss_on, tuple(self.operations))
+        return {"generalising": bounds.generalising, "random answer": bounds.random_answer}
 
     @property
     def has_test(self) -> bool:

@@ -54,10 +54,19 @@ class GrokkingModule(pl.LightningModule):
     def forward(self, inputs: Tensor) -> NetOutput:
         return self.net(inputs)
 
+    @staticmethod
+    def aligned_logits(output: NetOutput, n_targets: int) -> Tensor:
+        """(N, T, classes): the net's logits at the T positions that have targets (the last T)."""
+        logits = output.logits if output.logits.ndim == 3 else output.logits[:, None]
+        return logits[:, -n_targets:]
+
+    def answer_logits(self, output: NetOutput, n_targets: int) -> Tensor:
+        """(N, classes): the logits of the answer position."""
+        return self.aligned_logits(output, n_targets)[:, self.spec.answer_position]
+
     def task_loss(self, output: NetOutput, batch: Batch) -> tuple[Tensor, Tensor]:
         """(masked mean cross-entropy, answer logits (N, classes))."""
-        logits = output.logits if output.logits.ndim == 3 else output.logits[:, None]
-        logits = logits[:, -batch.targets.shape[1] :]  # targets align with the last T positions
+        logits = self.aligned_logits(output, batch.targets.shape[1])
         answer_logits = logits[:, self.spec.answer_position]
         if batch.targets.shape[1] == 1:  # answer-only tasks: the mask is all ones
             return F.cross_entropy(answer_logits, batch.targets[:, 0]), answer_logits
@@ -67,6 +76,10 @@ class GrokkingModule(pl.LightningModule):
 
     def answers(self, batch: Batch) -> Tensor:
         return batch.targets[:, self.spec.answer_position]
+
+    def on_fit_start(self) -> None:
+        for regularizer in self.regularizers.values():
+            regularizer.bind(self)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         output = self.net(batch.inputs)

@@ -5,10 +5,15 @@ The `regularizer` config group builds a mapping name -> Regularizer (empty for `
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
 from nets.output import NetOutput
 from runtime.errors import require
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 
 class Regularizer:
@@ -17,6 +22,9 @@ class Regularizer:
     def __init__(self, weight: float):
         require(isinstance(weight, (int, float)) and weight >= 0, "weight", weight, "a number >= 0")
         self.weight = float(weight)
+
+    def bind(self, module: "pl.LightningModule") -> None:
+        """Called once when fitting starts; a term that evaluates the net beyond the batch keeps what it needs."""
 
     def term(self, output: NetOutput) -> Tensor:
         raise NotImplementedError

@@ -60,6 +60,10 @@ class GatedMLP(nn.Module):
             h = h + gate * self.act(layer(h))
         return NetOutput(logits=self.head(h), gates=gates, layer_flops=self.flops / self.flops.max())
 
+    def input_embedding(self) -> Tensor:
+        """(in_features, hidden_dim): row i is the embedding of one-hot input i (bias left out)."""
+        return self.embed.weight.T
+
     def no_weight_decay(self) -> set[str]:
         """The gates: decay would pull them to 0.5, not off; the compute cost is their pressure
         (`optimizer.decay.declared=true` to test the seed's 'weight decay on gates' question)."""

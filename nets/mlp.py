@@ -27,6 +27,10 @@ class MLP(nn.Module):
         # x: (batch, in_features) one-hot -> logits (batch, num_classes)
         return NetOutput(logits=self.head(self.hidden(x)))
 
+    def input_embedding(self) -> Tensor:
+        """(in_features, hidden_dim): row i is the first layer's vector for one-hot input i (bias left out)."""
+        return self.hidden[0].weight.T
+
     def no_weight_decay(self) -> set[str]:
         """Nothing beyond the generic rule (biases): the first layer of a one-hot MLP is decayed, as in the seeds."""
         return set()

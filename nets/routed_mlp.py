@@ -63,5 +63,9 @@ class RoutedMLP(nn.Module):
             routing.append(weights)
         return NetOutput(logits=self.head(x), routing=routing)
 
+    def input_embedding(self) -> Tensor:
+        """(in_features, d_model): row i is the embedding of one-hot input i (bias left out)."""
+        return self.embed.weight.T
+
     def no_weight_decay(self) -> set[str]:
         return {name for name, _ in self.named_parameters() if name.split(".")[-2] in self.ROUTING_PARTS}

@@ -143,6 +143,10 @@ class Transformer(nn.Module):
                 routing.append(weights)
         return NetOutput(logits=self.unembed(self.ln_final(x)), attention=attention, routing=routing)
 
+    def input_embedding(self) -> Tensor:
+        """(vocab_size, d_model): the token embedding, row i for token id i."""
+        return self.token_embedding.weight
+
     def no_weight_decay(self) -> set[str]:
         """Embeddings are covered by the generic rule; a tied unembedding shares their (no-decay) weight."""
         return set()

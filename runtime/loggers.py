@@ -35,9 +35,24 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if wandb_credentials_present() else "offline"
 
 
+def sweep_context() -> tuple[str | None, list[str]]:
+    """(the sweep's folder name, this job's overrides) inside a Hydra multirun; (None, overrides) otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, []
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return os.path.basename(os.path.normpath(hydra_cfg.sweep.dir)), overrides
+    return None, overrides
+
+
 def wandb_logger(
     project: str,
     save_dir: str,
+    experiment: str,
     group: str | None = None,
     tags: Sequence[str] = (),
     job_type: str = "train",
@@ -45,9 +60,17 @@ def wandb_logger(
     mode: str = "auto",
     **kwargs: Any,
 ) -> WandbLogger:
+    """W&B logger; `group: null` groups by experiment in single runs and by sweep in a multirun
+    (`<experiment>/<sweep folder>`), where each job is also tagged with its overrides (`key=value`)."""
     resolved = resolve_wandb_mode(mode)
     os.makedirs(save_dir, exist_ok=True)
-    return WandbLogger(project=project, save_dir=save_dir, group=group, tags=list(tags), job_type=job_type,
+    sweep, overrides = sweep_context()
+    if group is None:
+        group = f"{experiment}/{sweep}" if sweep else experiment
+    tags = [*tags, f"experiment={experiment}", *(o[:64] for o in overrides if sweep)]
+    if sweep and name is None:
+        name = f"{sweep}/{os.path.basename(os.path.normpath(save_dir))}"
+    return WandbLogger(project=project, save_dir=save_dir, group=group, tags=tags, job_type=job_type,
                        name=name, mode=resolved, **kwargs)
 
 
@@ -59,6 +82,16 @@ def publish_summary(loggers: Iterable[Logger], summary: dict[str, Any]) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(flat)
+
+
+def wandb_identity(loggers: Iterable[Logger]) -> dict[str, Any] | None:
+    """The W&B run's id, name, group, tags and mode as W&B itself has them (for summary.json and analysis)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            return {"id": run.id, "name": run.name, "group": run.group, "tags": list(run.tags),
+                    "job_type": run.job_type, "project": run.project, "offline": run.offline}
+    return None
 
 
 def finish_wandb(loggers: Iterable[Logger]) -> None:

@@ -35,3 +35,19 @@ def test_offline_wandb_run_is_written_into_the_run_folder(run_config, no_credent
     assert summary["status"] == "completed"
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and (run_dir / "metrics.csv").is_file()
+
+
+def test_each_multirun_job_is_its_own_wandb_run_in_the_sweep_group(tmp_path, no_credentials):
+    from tests.conftest import launch_cli, read_json
+
+    args = ["-m", "logger=wandb", "data.p=7", "trainer.max_steps=10", "trainer.val_check_interval=5",
+            "optimizer.weight_decay=0.5,1.0", f"hydra.sweep.dir={tmp_path}/lam_sweep"]
+    result = launch_cli(args, cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = [read_json(tmp_path / "lam_sweep" / str(job) / "summary.json")["wandb"] for job in (0, 1)]
+    assert runs[0]["id"] != runs[1]["id"] and runs[0]["offline"]
+    assert runs[0]["group"] == runs[1]["group"] == "mlp_grok/lam_sweep"
+    assert "optimizer.weight_decay=0.5" in runs[0]["tags"] and "optimizer.weight_decay=1.0" in runs[1]["tags"]
+    assert "experiment=mlp_grok" in runs[0]["tags"] and runs[0]["job_type"] == "train"
+    for job in (0, 1):  # one offline W&B run folder per job
+        assert len(list((tmp_path / "lam_sweep" / str(job) / "wandb").glob("offline-run-*"))) == 1

@@ -1,0 +1,63 @@
+"""Spectral penalty (seed 001, `--lambda-spectral`): prefer output functions on Z_p x Z_p that are smooth,
+i.e. whose energy sits at low frequencies.
+
+Definition. Let L(a, b) in R^C be the net's answer logits on the whole grid of the (single) operation, centred over
+classes (L - mean_c L, so the softmax-invariant shift does not count). With F(k1, k2) = DFT_2D of L over (a, b),
+|k| = min(k, p - k) the circular frequency and m = (p - 1) // 2 the highest one,
+
+    term = sum_k w(k) |F(k)|^2 / sum_k |F(k)|^2,      w(k1, k2) = (|k1|^2 + |k2|^2) / (2 m^2)   in [0, 1],
+
+the energy-weighted mean squared frequency: 0 for a function of neither a nor b, 1 when all energy is at the
+highest frequencies. For L = cos(2π k (a + b - c) / p) it is (k / m)^2.
+
+Note the prior it encodes: networks that grok modular addition use a few key frequencies that need not be low
+(Nanda et al. 2023), so this penalty is a hypothesis to test, not a known accelerator. Each training step also
+evaluates the net on all p^2 inputs (single-op data with every b, so not `div`): a full-grid forward extra.
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from lightning_modules.regularizers import Regularizer
+from nets.output import NetOutput
+from runtime.errors import require
+
+
+def frequency_weights(p: int) -> Tensor:
+    """w(k1, k2) on the (p, p) DFT grid, as in the module docstring."""
+    k = torch.arange(p)
+    k = torch.minimum(k, p - k).float()
+    m = (p - 1) // 2
+    return (k[:, None] ** 2 + k[None, :] ** 2) / (2 * m**2)
+
+
+def spectral_term(logits: Tensor, p: int) -> Tensor:
+    """logits: (p * p, C) in a-major order -> the mean squared frequency of the centred logits."""
+    centred = logits - logits.mean(-1, keepdim=True)
+    energy = torch.fft.fft2(rearrange(centred, "(a b) c -> c a b", a=p)).abs().square().sum(0)  # (p, p)
+    weights = frequency_weights(p).to(energy.device)
+    return (weights * energy).sum() / energy.sum().clamp_min(1e-12)
+
+
+class SpectralPenalty(Regularizer):
+    def __init__(self, weight: float):
+        super().__init__(weight)
+        self.module = None
+
+    def bind(self, module) -> None:
+        data = module.trainer.datamodule
+        ops = getattr(data, "operations", None)
+        require(ops is not None and len(ops) == 1 and ops[0] != "div", "data.operations", ops,
+                "one operation defined for every (a, b) (not div) for the spectral penalty")
+        self.module, self.p = module, data.p
+        self.grid = data.grid()
+
+    def term(self, output: NetOutput) -> Tensor:
+        require(self.module is not None, "regularizer.spectral", "unbound", "a penalty bound by the module at fit start")
+        grid = self.grid
+        if grid.inputs.device != self.module.device:
+            self.grid = grid = type(grid)(*(t.to(self.module.device) for t in grid))
+        logits = self.module.answer_logits(self.module.net(grid.inputs), grid.targets.shape[1])
+        return spectral_term(logits, self.p)
