@@ -81,11 +81,15 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     config = OmegaConf.create(config_file.read_text().replace("${hydra:", "${hydra."))
     if hydra_file.is_file():
         config = OmegaConf.merge(config, OmegaConf.load(hydra_file))
-    try:
-        resolved = OmegaConf.to_container(config, resolve=True)
-    except Exception:  # an interpolation that cannot resolve outside the launch: keep it as written
-        resolved = OmegaConf.to_container(config, resolve=False)
-    resolved.pop("hydra", None)
+    resolved: dict[str, Any] = {}
+    for key in config:
+        if key == "hydra":
+            continue
+        try:
+            node = config[key]
+            resolved[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        except Exception:  # an interpolation that cannot resolve outside the launch: keep it as written
+            resolved[key] = OmegaConf.to_container(config, resolve=False)[key]
     return resolved
 
 

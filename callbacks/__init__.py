@@ -1,4 +1,6 @@
-"""Lightning callbacks: grokking time, run safety, progress (diagnostics follow in their own modules)."""
+"""Lightning callbacks: grokking time, run safety, progress, Grokfast, temperature annealing; the diagnostics
+(gates, routing, fourier, curvature, optimizer_stats, weight_norms, attention, grokking_curves) are imported from
+their own modules by the `callbacks` configs."""
 from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from callbacks.grokking_time import GrokkingTime
 from callbacks.progress import StepProgressBar

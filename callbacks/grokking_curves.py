@@ -52,6 +52,8 @@ class GrokkingCurves(Diagnostic):
         bounds = getattr(trainer.datamodule, "loss_bounds", None)
         if callable(bounds):
             for name, value in bounds().items():
+                if value <= 0:  # a zero bound has no place on a log axis
+                    continue
                 loss_ax.axhline(value, color="grey", ls="--", lw=1)
                 loss_ax.annotate(name, (0, value), fontsize=7, color="grey", va="bottom")
         acc_ax.set(xlabel="step", ylabel="accuracy", ylim=(0, 1.02))

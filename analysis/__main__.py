@@ -1,0 +1,49 @@
+"""`python -m analysis <run or sweep folder> [--out DIR] [--grok-key KEY] [--metric NAME]`
+
+Prints the sweep table (Markdown) and the files written: table.csv, table.md and the figures, into
+`<folder>/analysis/` unless --out says otherwise. A bad path or key is one line on stderr and exit code 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.curves import curves_of
+from analysis.plots import DEFAULT_GROK_KEY, write_plots
+from analysis.sweep import find_jobs
+from analysis.table import sweep_table, to_markdown, write_table
+from runtime.errors import ConfigError, require
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[1])
+    parser.add_argument("path", type=Path, help="a run folder, a multirun folder, or a folder holding them")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <path>/analysis)")
+    parser.add_argument("--grok-key", default=DEFAULT_GROK_KEY, help=f"grok/* step to plot (default {DEFAULT_GROK_KEY})")
+    parser.add_argument("--metric", default="val/acc", help="metric whose curves are overlaid (default val/acc)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        jobs = find_jobs(args.path)
+        table = sweep_table(jobs, args.path)
+        grok_keys = [c for c in table.columns if c.startswith("grok/")]
+        require(not grok_keys or args.grok_key in grok_keys, "--grok-key", args.grok_key, ", ".join(grok_keys))
+        out = args.out if args.out is not None else args.path / "analysis"
+        written = write_table(table, out)
+        written += write_plots(table, curves_of(jobs, args.path), out, args.grok_key, args.metric)
+    except ConfigError as err:
+        print(f"[grokking-lab] error: {err}", file=sys.stderr)
+        return 1
+    print(to_markdown(table))
+    print("wrote:")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Which runs a folder holds, including the ones Hydra planned but that never left a folder.
+
+A path is a run folder, a multirun folder (`multirun.yaml` + one folder per job) or any folder above such
+folders (`runs/`, `runs/<experiment>/`). A multirun's planned jobs are re-expanded from its `multirun.yaml` with
+Hydra's own basic-sweeper expansion, so a job whose folder is missing or empty still gets a row.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from analysis.runs import RUN_FILES, Run, is_run_dir, load_run, parse_overrides
+from runtime.errors import require
+
+STATUS_MISSING = "missing"  # planned by Hydra, but its folder is absent or empty
+NOT_RUN_FOLDERS = {".hydra", "checkpoints", "plots", "wandb", "analysis", "__pycache__"}
+
+
+@dataclass
+class Job:
+    """One row of a sweep: a loaded run, or a planned job with nothing on disk (`run` is None)."""
+
+    path: Path
+    number: int | None = None
+    run: Run | None = None
+    planned: dict[str, Any] = field(default_factory=dict)  # the overrides Hydra planned for it, when known
+
+    @property
+    def status(self) -> str:
+        return self.run.status if self.run is not None else STATUS_MISSING
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return self.run.overrides if self.run is not None and self.run.overrides else self.planned
+
+
+def find_jobs(path: str | Path) -> list[Job]:
+    """Every run under `path`, in a stable order (sweep by sweep, by job number)."""
+    root = Path(path)
+    require(root.exists(), "path", str(path), "an existing run, multirun or runs folder")
+    require(root.is_dir(), "path", str(path), "a folder, not a file")
+    jobs: list[Job] = []
+    for folder, kind in _walk(root):
+        if kind == "multirun":
+            jobs += multirun_jobs(folder)
+        else:
+            jobs.append(Job(path=folder, number=_job_number(folder), run=load_run(folder)))
+    require(bool(jobs), "path", str(path),
+            f"a folder holding runs (a multirun.yaml, or folders with {' or '.join(RUN_FILES)})")
+    return jobs
+
+
+def _walk(root: Path) -> list[tuple[Path, str]]:
+    """Multirun and run folders at or below `root`; the walk stops at the first one on each branch."""
+    found = []
+    for folder, subfolders, _ in os.walk(root):
+        here = Path(folder)
+        if (here / "multirun.yaml").is_file():
+            found.append((here, "multirun"))
+            subfolders.clear()
+        elif is_run_dir(here):
+            found.append((here, "run"))
+            subfolders.clear()
+        else:
+            subfolders[:] = sorted(s for s in subfolders if s not in NOT_RUN_FOLDERS)
+    return found
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """How a run is named in tables: its folder relative to the analysed path (the folder's name if it is that path)."""
+    try:
+        relative = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return str(path)
+    return relative.as_posix() if relative.parts else root.resolve().name
+
+
+def _job_number(run_dir: Path) -> int | None:
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():
+        number = OmegaConf.load(hydra_file).hydra.job.get("num")
+        if isinstance(number, int):
+            return number
+    return int(run_dir.name) if run_dir.name.isdigit() else None
+
+
+def planned_overrides(multirun_file: Path) -> list[list[str]] | None:
+    """Each planned job's overrides, in job-number order; None when the sweep cannot be re-expanded here
+    (another sweeper, or a sweep such as glob() that needs the config loader)."""
+    config = OmegaConf.load(multirun_file)
+    sweeper = config.hydra.get("sweeper") or {}
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    arguments = list(config.hydra.overrides.task)
+    try:
+        overrides = OverridesParser.create().parse_overrides(params + arguments)
+        batches = BasicSweeper.split_arguments(overrides, None)
+    except Exception:
+        return None
+    return [job for batch in batches for job in batch]
+
+
+def multirun_jobs(sweep_dir: Path) -> list[Job]:
+    """The planned jobs and the job folders of one multirun, matched by job number."""
+    planned = planned_overrides(sweep_dir / "multirun.yaml")
+    on_disk: dict[int, Path] = {}
+    unnumbered: list[Path] = []
+    for folder, kind in _walk_below(sweep_dir):
+        number = _job_number(folder)
+        if number is None or number in on_disk:
+            unnumbered.append(folder)
+        else:
+            on_disk[number] = folder
+    count = len(planned) if planned is not None else max(on_disk, default=-1) + 1
+    numbers = sorted(set(range(count)) | set(on_disk))
+    jobs = []
+    for number in numbers:
+        plan = parse_overrides(planned[number]) if planned is not None and number < len(planned) else {}
+        folder = on_disk.get(number)
+        if folder is not None and is_run_dir(folder):
+            jobs.append(Job(path=folder, number=number, run=load_run(folder), planned=plan))
+        else:  # never started, or killed before Hydra wrote .hydra/
+            jobs.append(Job(path=folder or sweep_dir / str(number), number=number, planned=plan))
+    jobs += [Job(path=f, number=_job_number(f), run=load_run(f)) for f in unnumbered if is_run_dir(f)]
+    return jobs
+
+
+def _walk_below(sweep_dir: Path) -> list[tuple[Path, str]]:
+    """Run folders below a multirun folder, and the empty job folders (a digit name, no run files)."""
+    found = []
+    for child in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name not in NOT_RUN_FOLDERS):
+        runs = [(f, k) for f, k in _walk(child) if k == "run"]
+        found += runs or ([(child, "empty")] if child.name.isdigit() else [])
+    return found
