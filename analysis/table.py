@@ -2,7 +2,8 @@
 
 Columns: run (folder relative to the analysed path), job, the swept values (override keys whose value differs
 between jobs; seed has its own column), seed, status, steps, final train/val(/test) accuracy, the grok/* steps,
-grokked, the run's dynamics (analysis/dynamics.py: grokking, instant generalisation, memorisation, ...), the last
+grokked, the run's dynamics (analysis/dynamics.py: grokking, instant generalisation, memorisation, ...), for sequence
+tasks its loss phase against the task's loss bounds (memorising / generalising / at_bound), the last
 logged gates/effective_depth (gated nets), wall_time_s, the init fingerprint (paired runs share it), and error when
 a run recorded one.
 The swept keys are kept in `table.attrs["swept"]`.
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analysis.dynamics import classify_dynamics
+from datamodules.loss_bounds import classify_phase, loss_bounds
 from analysis.sweep import Job, find_jobs, relative_name
 
 FINAL_METRICS = ("train/acc", "val/acc", "test/acc")
@@ -62,6 +64,7 @@ def _row(job: Job, root: Path, swept: Sequence[str]) -> dict[str, Any]:
     row["grokked"] = summary.get("grokked")
     row[DEPTH] = run.last(DEPTH) if run else None
     row["dynamics"] = dynamics(run) if run and job.status not in ("failed", "missing") else None
+    row["loss_phase"] = loss_phase(run.config.get("data", {}), summary.get("final", {})) if run else None
     row["init_fingerprint"] = summary.get("init_fingerprint")
     row["wall_time_s"] = summary.get("wall_time_s")
     row["error"] = summary.get("error")
@@ -79,6 +82,14 @@ def dynamics(run) -> str | None:
     """The run's training dynamics (analysis/dynamics.py) from its train and val accuracy curves."""
     val = curve(run, "val/acc")
     return classify_dynamics(curve(run, "train/acc"), val) if val else None
+
+
+def loss_phase(data: dict, final: dict) -> str | None:
+    """Sequence tasks: where the final train/val loss stand against the task's loss bounds (seed 003)."""
+    if data.get("format") != "sequence" or "train/loss" not in final or "val/loss" not in final:
+        return None
+    bounds = loss_bounds(data["p"], data["format"], data.get("loss_on", "answer"), tuple(data.get("operations", ["add"])))
+    return classify_phase(_number(final["train/loss"]), _number(final["val/loss"]), bounds)
 
 
 def _known_dtype(name: str) -> str | None:
@@ -113,9 +124,9 @@ def sweep_table(jobs: Sequence[Job], root: Path) -> pd.DataFrame:
     rows = [_row(job, root, swept) for job in jobs]
     order = ["run", "job", *swept, SEED, "status", "steps", *FINAL_METRICS]
     order += list(dict.fromkeys(k for r in rows for k in r if k.startswith("grok/")))
-    order += ["grokked", "dynamics", DEPTH, "wall_time_s", "init_fingerprint", "error"]
+    order += ["grokked", "dynamics", "loss_phase", DEPTH, "wall_time_s", "init_fingerprint", "error"]
     columns = {name: pd.Series([row.get(name) for row in rows], dtype=object, name=name) for name in order}
-    optional = ["test/acc", DEPTH, "error", "dynamics", "init_fingerprint"]  # only when some run has them
+    optional = ["test/acc", DEPTH, "error", "dynamics", "loss_phase", "init_fingerprint"]  # only when some run has them
     table = pd.DataFrame({name: _typed(values) for name, values in columns.items()
                           if name not in optional or values.notna().any()})
     table.attrs["swept"] = swept

@@ -44,15 +44,17 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--max-steps", type=int, default=6000)
     parser.add_argument("--grokfast", default="ema", choices=["ema", "ma"])
+    parser.add_argument("--lamb", type=float, default=None, help="Grokfast's λ (default: the paper's)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, as for launch.py")
     args = parser.parse_args()
     common = [f"trainer.max_steps={args.max_steps}", "callbacks.progress.refresh_seconds=1", *args.overrides]
     for task in args.tasks:
         plain = time_to_grok([*TASKS[task], *common])
-        fast = time_to_grok([*TASKS[task], *common, f"grokfast={args.grokfast}"])
+        lamb = [] if args.lamb is None else [f"callbacks.grokfast.lamb={args.lamb}"]
+        fast = time_to_grok([*TASKS[task], *common, f"grokfast={args.grokfast}", *lamb])
         assert plain["init"] == fast["init"], "the arms must start from the same weights"
         print(f"{task:12s} without grokfast: {describe(plain)}")
-        print(f"{task:12s} with grokfast={args.grokfast}: {describe(fast)}   (init {plain['init']})")
+        print(f"{task:12s} with grokfast={args.grokfast} λ={args.lamb or 'default'}: {describe(fast)}   (init {plain['init']})")
         if plain["step"] and fast["step"]:
             print(f"{task:12s} time-to-grok ratio without/with: steps {plain['step'] / fast['step']:.2f}x, "
                   f"wall {plain['wall'] / fast['wall']:.2f}x")

@@ -189,3 +189,18 @@ def test_resume_with_a_moving_average_filter_matches_an_uninterrupted_run(run_co
     assert resumed["steps"] == straight["steps"] == 24
     for key, value in straight["final"].items():
         assert resumed["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+
+def test_grokfast_reaches_095_in_fewer_steps_from_the_same_init(run_config):
+    """p=23 addition, 80% train, lr 1e-3, wd 1: measured 5,400 steps to val acc 0.95 without, 3,775 with
+    EMA λ=5 (the paper's λ=2 gives 5,325: its gain grows with λ here)."""
+    task = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optimizer.lr=1e-3", "threads=1",
+            "trainer.max_steps=8000", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25",
+            "callbacks.grokking_time.val_thresholds=[0.95]", "callbacks.grokking_time.grokked_threshold=0.95",
+            "callbacks.grokking_time.stop_after_steps=0", "callbacks.checkpoint.every_n_train_steps=100000"]
+    plain, _ = run_config(task, name="plain")
+    fast, _ = run_config([*task, "grokfast=ema", "callbacks.grokfast.lamb=5.0"], name="grokfast")
+    assert plain["init_fingerprint"] == fast["init_fingerprint"]
+    key = "grok/val_acc_0.95_step"
+    assert plain["grok"][key] is not None and fast["grok"][key] is not None
+    assert fast["grok"][key] < 0.85 * plain["grok"][key]
