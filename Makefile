@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The pinned CPU build; override e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for a CUDA machine.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench analysis clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ test: setup
 
 bench: setup
 	$(PY) bench/overhead.py
+	$(PY) bench/diagnostics_overhead.py
+	$(PY) bench/time_to_grok.py
+
+# the table and figures of a sweep: make analysis DIR=runs/<experiment>/multirun_<date_time>
+analysis: setup
+	$(PY) -m analysis $(DIR)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

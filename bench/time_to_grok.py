@@ -21,7 +21,8 @@ from runtime.compose import compose_config  # noqa: E402
 
 TASKS = {
     "mlp": ["experiment=mlp_grok"],  # p=97, 50% train, wd 1: groks in ~4,000 full-batch steps
-    "transformer": ["experiment=transformer_grok_cpu"],
+    # 1 block, p=59, 40% train: memorises by step ~100, val acc 0.99 at ~2,300 (a few minutes on 2 cores)
+    "transformer": ["experiment=transformer_grok_cpu", "data.train_fraction=0.4"],
 }
 
 

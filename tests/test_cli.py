@@ -53,3 +53,11 @@ def test_multirun_leaves_one_run_folder_per_job(tmp_path, launcher):
     assert [s["seed"] for s in summaries] == [0, 1]
     assert all(s["status"] == "completed" for s in summaries)
     assert summaries[0]["final"] != summaries[1]["final"]  # different inits
+
+
+def test_multirun_without_a_sweep_dir_goes_under_runs_experiment(tmp_path):
+    result = launch_cli(["-m", "experiment=least_action", "model.n_layers=2", "data.p=7", "trainer.max_steps=5",
+                         "trainer.val_check_interval=5", "seed=0,1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweeps = list((tmp_path / "runs" / "least_action").glob("multirun_*"))
+    assert len(sweeps) == 1 and sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == ["0", "1"]

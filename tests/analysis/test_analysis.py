@@ -248,3 +248,23 @@ def test_grok_step_figure_puts_not_grokked_runs_above_the_budget_on_a_log_axis()
     assert {t.get_text() for t in axes.get_legend().get_texts()} == {
         "model.hidden_dim=64", "model.hidden_dim=64: not grokked", "model.hidden_dim=128: not grokked",
         "budget (1000 steps)"}
+
+
+def test_table_names_each_runs_dynamics_and_pairs_share_an_init(sweep):
+    from analysis.dynamics import LABELS
+    from analysis.table import curve, dynamics
+    from analysis import load_run
+
+    folder, _ = sweep
+    table = load_sweep(folder)
+    for job in range(4):
+        run = load_run(folder / str(job))
+        assert table["dynamics"][job] == dynamics(run) in LABELS
+        # generalised labels exactly when val acc reached 0.95 (wd 5 does within its 150 steps, wd 1 does not)
+        generalised = table["dynamics"][job] in ("grokking", "instant generalisation", "oscillation")
+        assert generalised == pd.notna(table["grok/val_acc_0.95_step"][job])
+        assert len(curve(run, "val/acc")) >= 5
+    assert table["dynamics"][4:].isna().all()  # failed jobs have no curves to name
+    # same seed -> same initial weights, whatever the weight decay
+    fingerprints = table["init_fingerprint"][:4].tolist()
+    assert fingerprints[0] == fingerprints[2] and fingerprints[1] == fingerprints[3] != fingerprints[0]
