@@ -85,6 +85,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if ckpt_path is None and last.is_file():
             ckpt_path = str(last)
             report(f"[grokking-lab] resume: continuing from {last}", flush=True)
+            if "init_fingerprint" in previous:  # the weights it started from are still those
+                summary["init_fingerprint"] = previous["init_fingerprint"]
     try:
         require(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
         require(ckpt_path is None or Path(ckpt_path).is_file(), "ckpt_path", ckpt_path,
@@ -132,6 +134,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
         summary["grok"] = dict(grok.steps) if grok else {}
         summary["grokked"] = bool(grok and grok.grokked_step is not None)
+        if grok and grok.bounds is not None:
+            summary["loss_bounds"] = grok.bounds._asdict()
+            summary["loss_phase"] = grok.phase
         summary["checkpoints"] = sorted(str(p.relative_to(out)) for p in (out / "checkpoints").glob("*.ckpt"))
     except BaseException as err:  # keep what was written; record why the run ended
         if summary["status"] in ("failed", "running"):

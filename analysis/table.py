@@ -64,7 +64,8 @@ def _row(job: Job, root: Path, swept: Sequence[str]) -> dict[str, Any]:
     row["grokked"] = summary.get("grokked")
     row[DEPTH] = run.last(DEPTH) if run else None
     row["dynamics"] = dynamics(run) if run and job.status not in ("failed", "missing") else None
-    row["loss_phase"] = loss_phase(run.config.get("data", {}), summary.get("final", {})) if run else None
+    row["loss_phase"] = summary.get("loss_phase") or (
+        loss_phase(run.config.get("data", {}), summary.get("final", {})) if run else None)
     row["init_fingerprint"] = summary.get("init_fingerprint")
     row["wall_time_s"] = summary.get("wall_time_s")
     row["error"] = summary.get("error")
@@ -85,7 +86,8 @@ def dynamics(run) -> str | None:
 
 
 def loss_phase(data: dict, final: dict) -> str | None:
-    """Sequence tasks: where the final train/val loss stand against the task's loss bounds (seed 003)."""
+    """Sequence tasks: where the final train/val loss stand against the task's loss bounds (seed 003); used for
+    runs whose summary.json has no `loss_phase` (the grokking callback's own classification) of its own."""
     if data.get("format") != "sequence" or "train/loss" not in final or "val/loss" not in final:
         return None
     bounds = loss_bounds(data["p"], data["format"], data.get("loss_on", "answer"), tuple(data.get("operations", ["add"])))

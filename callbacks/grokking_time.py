@@ -4,6 +4,11 @@ Steps are optimiser steps done (as `max_steps` and checkpoints count them), at t
 threshold is reached: train accuracy is measured on logging steps (`trainer.log_every_n_steps`), validation
 accuracy on validation steps (`val_check_interval`). Loggers index rows by Lightning's 0-based step (steps
 done - 1), so `grok/...` values are logged on the same row as the metric that crossed the threshold.
+
+Where the task has theoretical loss bounds (`datamodule.loss_bounds()`, seed 003: sequence tasks), they are logged
+once at the start (`grok/loss_bound/<name>`) and every validation classifies the run against them from the latest
+train and val loss (`datamodules.loss_bounds.classify_phase`: memorising, generalising or at_bound); the last
+classification is `phase`, and it goes into summary.json as `loss_phase`.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from datamodules.loss_bounds import LossBounds, classify_phase
 from lightning_modules.cadence import is_log_step
 from runtime.errors import require
 
@@ -38,6 +44,8 @@ class GrokkingTime(Callback):
         self.stop_after_steps = stop_after_steps
         self.steps: dict[str, int | None] = {threshold_key("train", train_threshold): None}
         self.steps |= {threshold_key("val", t): None for t in self.val_thresholds}
+        self.bounds: LossBounds | None = None
+        self.phase: str | None = None
 
     @property
     def grokked_step(self) -> int | None:
@@ -47,6 +55,17 @@ class GrokkingTime(Callback):
         self.steps[key] = step
         for logger in trainer.loggers:
             logger.log_metrics({key: step}, step=step - 1)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        data = trainer.datamodule
+        if getattr(data, "format", None) != "sequence" or not hasattr(data, "loss_bounds"):
+            return  # answer-only formats: the bounds are 0 and ln p, nothing to classify against
+        bounds = data.loss_bounds()
+        self.bounds = LossBounds(bounds["generalising"], bounds["random answer"])
+        values = {"grok/loss_bound/generalising": self.bounds.generalising,
+                  "grok/loss_bound/random_answer": self.bounds.random_answer}
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -69,9 +88,13 @@ class GrokkingTime(Callback):
             key = threshold_key("val", threshold)
             if self.steps[key] is None and float(acc) >= threshold:
                 self._record(trainer, key, trainer.global_step)
+        train_loss, val_loss = (trainer.callback_metrics.get(k) for k in ("train/loss", "val/loss"))
+        if self.bounds is not None and train_loss is not None and val_loss is not None:
+            self.phase = classify_phase(float(train_loss), float(val_loss), self.bounds)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": dict(self.steps)}
+        return {"steps": dict(self.steps), "phase": self.phase}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps.update(state_dict["steps"])
+        self.phase = state_dict.get("phase")

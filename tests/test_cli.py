@@ -61,3 +61,20 @@ def test_multirun_without_a_sweep_dir_goes_under_runs_experiment(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     sweeps = list((tmp_path / "runs" / "least_action").glob("multirun_*"))
     assert len(sweeps) == 1 and sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_slurm_launcher_config_composes_without_a_cluster(tmp_path):
+    result = launch_cli(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
+    assert "partition: gpu" in result.stdout and "gpus_per_node: 1" in result.stdout
+
+
+def test_sweep_presets_expand_to_their_jobs(tmp_path):
+    result = launch_cli(["-m", "sweep=[weight_decay,seeds]", "data.p=7", "trainer.max_steps=2",
+                         "trainer.val_check_interval=2", f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(int(p.name) for p in (tmp_path / "s").iterdir() if p.is_dir())
+    assert jobs == list(range(12))  # 4 weight decays x 3 seeds
+    overrides = {tuple(read_json(tmp_path / "s" / str(j) / "summary.json")["overrides"][:2]) for j in jobs}
+    assert ("optimizer.weight_decay=2.0", "seed=2") in overrides and len(overrides) == 12

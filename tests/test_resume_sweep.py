@@ -21,6 +21,7 @@ def test_interrupted_run_continues_from_its_last_checkpoint_to_the_straight_resu
     (run_dir / "summary.json").write_text(json.dumps(summary | {"status": "interrupted"}))  # killed at step 20
     resumed, _ = run_config([*EVERY_10, "trainer.max_steps=40", "resume=true"], name="job")
     assert resumed["status"] == "completed" and resumed["steps"] == 40
+    assert resumed["init_fingerprint"] == summary["init_fingerprint"]
     for key, value in straight["final"].items():
         assert resumed["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
 
