@@ -14,6 +14,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from matplotlib.colors import ListedColormap
 from torch import Tensor
 
 from callbacks.diagnostic import Diagnostic, eval_forward, new_figure, publish_figure
@@ -30,6 +31,7 @@ class RoutingDiagnostics(Diagnostic):
         super().__init__(every_n_steps, plot_every_n_steps=plot_every_n_steps)
         self.head_maps: list[np.ndarray] = []  # latest argmax-head map per layer, (p, p)
         self.usage_by_op: list[np.ndarray] = []  # latest (ops, heads) mean weights per layer
+        self.n_heads = 0
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         data = trainer.datamodule
@@ -38,6 +40,7 @@ class RoutingDiagnostics(Diagnostic):
         if not routing:
             return {}
         layers = [per_example(w).float().cpu() for w in routing]
+        self.n_heads = layers[0].shape[-1]
         p = data.p
         square = len(grid.targets) == p * p
         self.head_maps = [w.argmax(-1).reshape(p, p).numpy() for w in layers] if square else []
@@ -59,16 +62,16 @@ class RoutingDiagnostics(Diagnostic):
     def plot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.history:
             return
-        n_heads = None
         if self.head_maps:
-            n = len(self.head_maps)
+            n, n_heads = len(self.head_maps), self.n_heads
             fig = new_figure(3.2 * n + 1, 3.2)
             axes = fig.subplots(1, n, squeeze=False)[0]
-            n_heads = int(max(m.max() for m in self.head_maps)) + 1
+            colours = ListedColormap([f"C{j % 10}" for j in range(n_heads)])  # one colour per head
             for i, (ax, head_map) in enumerate(zip(axes, self.head_maps)):
-                image = ax.imshow(head_map, cmap="tab10", vmin=0, vmax=9, interpolation="nearest", origin="lower")
+                image = ax.imshow(head_map, cmap=colours, vmin=-0.5, vmax=n_heads - 0.5, interpolation="nearest",
+                                  origin="lower")
                 ax.set(title=f"layer {i}: argmax head", xlabel="b", ylabel="a")
-            fig.colorbar(image, ax=list(axes), label="head", ticks=range(max(n_heads, 1)))
+            fig.colorbar(image, ax=list(axes), label="head", ticks=range(n_heads))
             publish_figure(trainer, "routing/head_map", fig)
         if self.usage_by_op:
             ops = trainer.datamodule.operations
