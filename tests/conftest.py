@@ -1,6 +1,7 @@
 """Shared helpers: compose the launcher's config in-process and run it in a temporary run folder."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network from a test
@@ -47,3 +49,24 @@ def launch_cli(args, cwd, timeout=300, env=None):
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+
+def metrics_rows(run_dir):
+    """The rows of a run's metrics.csv, as dicts of strings (empty where a row has no value)."""
+    with open(Path(run_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_final_metrics(resumed, straight):
+    """A resumed run ends on the final metrics of the uninterrupted one (to float noise)."""
+    for key, value in straight["final"].items():
+        assert resumed["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread beats two, by far on a busy machine (threads spin waiting for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

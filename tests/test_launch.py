@@ -1,20 +1,14 @@
 """The launcher end to end: real short runs, resume, errors, the run folder's files."""
-import csv
 import math
 
 import pytest
 import torch
 
 from runtime.errors import ConfigError
-from tests.conftest import read_json
+from tests.conftest import assert_same_final_metrics, metrics_rows, read_json
 
 LEARNS = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optimizer.lr=3e-3",
           "trainer.max_steps=1500", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25"]
-
-
-def rows(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_short_run_learns_addition_and_records_grokking_steps(run_config):
@@ -27,7 +21,7 @@ def test_short_run_learns_addition_and_records_grokking_steps(run_config):
     assert summary["steps"] == grok["grok/val_acc_0.99_step"] + 50
     assert grok["grok/train_acc_0.99_step"] is not None
     # metrics.csv indexes rows by steps done - 1; val/acc there first reaches 0.99 on that row
-    logged = rows(run_dir)
+    logged = metrics_rows(run_dir)
     first = min(int(r["step"]) for r in logged if r.get("val/acc") and float(r["val/acc"]) >= 0.99)
     assert first + 1 == grok["grok/val_acc_0.99_step"]
     assert any(r.get("grok/val_acc_0.99_step") for r in logged)
@@ -40,7 +34,7 @@ def test_run_folder_holds_summary_metrics_and_checkpoints(run_config):
     assert set(on_disk["final"]) == {f"{s}/{m}" for s in ("train", "val", "test") for m in ("loss", "acc")}
     assert on_disk["wall_time_s"] > 0 and on_disk["steps_per_s"] > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    names = set(rows(run_dir)[0])
+    names = set(metrics_rows(run_dir)[0])
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "step"} <= names
     # final numbers are measured on the final weights: they match a fresh evaluation of last.ckpt
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
@@ -55,8 +49,7 @@ def test_resume_continues_to_the_same_final_metrics(run_config, batch):
     resumed, _ = run_config([*common, "trainer.max_steps=60", f"ckpt_path={first_half}/checkpoints/last.ckpt"],
                             name="resumed")
     assert resumed["steps"] == straight["steps"] == 60
-    for key, value in straight["final"].items():
-        assert resumed["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    assert_same_final_metrics(resumed, straight)
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(run_config):

@@ -1,9 +1,7 @@
 """`resume=true`: a re-run skips finished run folders and continues unfinished ones from their last checkpoint."""
 import json
 
-import pytest
-
-from tests.conftest import launch_cli, read_json
+from tests.conftest import assert_same_final_metrics, launch_cli, read_json
 
 EVERY_10 = ["callbacks.checkpoint.every_n_train_steps=10"]
 
@@ -22,8 +20,7 @@ def test_interrupted_run_continues_from_its_last_checkpoint_to_the_straight_resu
     resumed, _ = run_config([*EVERY_10, "trainer.max_steps=40", "resume=true"], name="job")
     assert resumed["status"] == "completed" and resumed["steps"] == 40
     assert resumed["init_fingerprint"] == summary["init_fingerprint"]
-    for key, value in straight["final"].items():
-        assert resumed["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    assert_same_final_metrics(resumed, straight)
 
 
 def test_rerun_of_a_finished_multirun_skips_every_job(tmp_path):

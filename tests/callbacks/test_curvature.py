@@ -1,7 +1,6 @@
 """Curvature: Hessian-vector products, Hutchinson's trace and power iteration against exact Hessians (a known
 quadratic, a tiny net through torch.autograd.functional.hessian), the empirical Fisher trace against its closed
 form on a linear-softmax model, the callback on a real module, and real runs through the launcher (with resume)."""
-import csv
 import math
 from types import SimpleNamespace
 
@@ -16,15 +15,9 @@ from lightning_modules import GrokkingModule
 from lightning_modules.optimization import AdamWRecipe
 from nets import MLP
 from runtime.errors import ConfigError
+from tests.conftest import metrics_rows
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread beats two, by far on a busy machine (threads spin waiting for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def symmetric_with_eigenvalues(eigenvalues, seed=0):
@@ -291,11 +284,6 @@ CURVATURE = ("+callbacks.curvature={_target_: callbacks.curvature.Curvature, eve
              " power_iters: 20}")
 
 
-def read_rows(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def test_a_run_logs_curvature_draws_it_keeps_its_history_through_resume_and_is_not_perturbed(run_config):
     common = ["threads=1", "callbacks.checkpoint.every_n_train_steps=10"]
     plain, _ = run_config(common, name="plain")
@@ -306,7 +294,8 @@ def test_a_run_logs_curvature_draws_it_keeps_its_history_through_resume_and_is_n
     assert (first / "plots" / "curvature_history.png").is_file()
     assert (run_dir / "plots" / "curvature_history.png").is_file()
     names = ("grad_norm", "hessian_trace", "top_eigenvalue", "fisher_trace")
-    logged = {int(r["step"]): r for r in read_rows(first) + read_rows(run_dir) if r.get("curvature/grad_norm")}
+    logged = {int(r["step"]): r for r in metrics_rows(first) + metrics_rows(run_dir)
+                 if r.get("curvature/grad_norm")}
     assert sorted(logged) == [0, 19, 39]  # initialisation, after steps 20 and 40 (rows are steps done - 1)
     for row in logged.values():
         assert all(math.isfinite(float(row[f"curvature/{n}"])) for n in names)

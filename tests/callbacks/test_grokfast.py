@@ -8,6 +8,7 @@ import torch
 
 from callbacks.grokfast import Grokfast, ema_filter, ma_filter
 from runtime.errors import ConfigError
+from tests.conftest import assert_same_final_metrics
 
 G = torch.tensor([0.5, -2.0, 3.0])
 
@@ -187,8 +188,7 @@ def test_resume_with_a_moving_average_filter_matches_an_uninterrupted_run(run_co
     resumed, _ = run_config([*grokfast, "trainer.max_steps=24", f"ckpt_path={first}/checkpoints/last.ckpt"],
                             name="resumed")
     assert resumed["steps"] == straight["steps"] == 24
-    for key, value in straight["final"].items():
-        assert resumed["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    assert_same_final_metrics(resumed, straight)
 
 
 def test_grokfast_reaches_095_in_fewer_steps_from_the_same_init(run_config):

@@ -1,6 +1,5 @@
 """Optimiser statistics: AdamW stepped by hand against the formulas written out in plain floats, the hook timing
 in a real Lightning fit (weights before the step, the lr that step used), and a real run with resume."""
-import csv
 import math
 
 import lightning.pytorch as pl
@@ -9,15 +8,10 @@ import torch
 from torch import nn
 
 from callbacks.optimizer_stats import OptimizerStats, group_name, group_stats
+from tests.conftest import metrics_rows
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread beats two, by far on a busy machine (threads spin waiting for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 LR, BETA1, BETA2, EPS, WD = 0.01, 0.9, 0.98, 1e-8, 0.5
 W0 = [1.0, -2.0, 0.5]
@@ -137,11 +131,6 @@ def test_in_a_fit_each_cadence_step_compares_with_the_weights_and_lr_of_that_ver
     assert (tmp_path / "plots" / "optim_history.png").is_file()
 
 
-def read_rows(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 OPTIM = "+callbacks.optimizer_stats={_target_: callbacks.optimizer_stats.OptimizerStats, every_n_steps: 10}"
 
 
@@ -151,7 +140,8 @@ def test_a_run_logs_per_group_stats_that_agree_with_its_checkpoint_and_survive_r
     _, run_dir = run_config([*common, f"ckpt_path={first}/checkpoints/last.ckpt"], name="resumed")
     assert (first / "plots" / "optim_history.png").is_file() and (run_dir / "plots" / "optim_history.png").is_file()
 
-    rows = {int(r["step"]): r for r in read_rows(first) + read_rows(run_dir) if r.get("optim/decay/update_ratio")}
+    rows = {int(r["step"]): r for r in metrics_rows(first) + metrics_rows(run_dir)
+               if r.get("optim/decay/update_ratio")}
     assert sorted(rows) == [9, 19, 29, 39]  # after steps 10, 20, 30, 40 (rows are steps done - 1)
     whats = ("update_ratio", "step_size_mean", "step_size_median", "step_size_max", "exp_avg_norm")
     for row in rows.values():

@@ -1,6 +1,5 @@
 """Weight norms: per layer, per optimiser group and in total against torch.linalg.norm of the flattened weights
 (tied weights counted once in the total), and a real run with resume whose numbers add up and match its checkpoint."""
-import csv
 import math
 
 import pytest
@@ -8,15 +7,9 @@ import torch
 from torch import nn
 
 from callbacks.weight_norms import WeightNorms, group_norms, l2_norm, layer_norms
+from tests.conftest import metrics_rows
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread beats two, by far on a busy machine (threads spin waiting for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TiedNet(nn.Module):
@@ -72,11 +65,6 @@ def test_group_norms_by_name_or_index():
     assert set(group_norms(unnamed)) == {"group_0", "group_1"}
 
 
-def read_rows(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 NORMS = "+callbacks.weight_norms={_target_: callbacks.weight_norms.WeightNorms, every_n_steps: 10}"
 
 
@@ -86,7 +74,8 @@ def test_a_run_logs_norms_that_add_up_match_its_checkpoint_and_survive_resume(ru
     _, run_dir = run_config([*common, f"ckpt_path={first}/checkpoints/last.ckpt"], name="resumed")
     assert (first / "plots" / "weights_norm.png").is_file() and (run_dir / "plots" / "weights_norm.png").is_file()
 
-    rows = {int(r["step"]): r for r in read_rows(first) + read_rows(run_dir) if r.get("weights/norm/total")}
+    rows = {int(r["step"]): r for r in metrics_rows(first) + metrics_rows(run_dir)
+               if r.get("weights/norm/total")}
     assert sorted(rows) == [0, 9, 19, 29, 39]  # initialisation, then after steps 10, 20, 30, 40
     for row in rows.values():
         norm = {k.removeprefix("weights/norm/"): float(v) for k, v in row.items()
