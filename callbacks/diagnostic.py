@@ -64,14 +64,15 @@ def log_scalars(trainer: pl.Trainer, metrics: dict[str, float | Tensor]) -> None
 class Diagnostic(Callback):
     """Base class: subclasses implement `measure` (and optionally `plot`); this class decides when.
 
-    every_n_steps: measure (and log) every this many optimiser steps, and once when training ends.
+    every_n_steps: measure (and log) every this many optimiser steps, at the start and when training ends; null
+        for a diagnostic that records on events of its own (e.g. validation) and only draws here.
     plot_every_n_steps: redraw the figures this often (a multiple of every_n_steps is sensible) and at the end;
         null draws only at the end; `plot: false` never draws.
     """
 
-    def __init__(self, every_n_steps: int = 500, plot_every_n_steps: int | None = None, plot: bool = True):
-        require(isinstance(every_n_steps, int) and every_n_steps >= 1, "every_n_steps", every_n_steps,
-                "an integer >= 1")
+    def __init__(self, every_n_steps: int | None = 500, plot_every_n_steps: int | None = None, plot: bool = True):
+        require(every_n_steps is None or (isinstance(every_n_steps, int) and every_n_steps >= 1), "every_n_steps",
+                every_n_steps, "null or an integer >= 1")
         require(plot_every_n_steps is None or (isinstance(plot_every_n_steps, int) and plot_every_n_steps >= 1),
                 "plot_every_n_steps", plot_every_n_steps, "null or an integer >= 1")
         self.every_n_steps = every_n_steps
@@ -82,13 +83,13 @@ class Diagnostic(Callback):
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         """Return scalars to log at this step; append to `self.history` what the plots need."""
-        raise NotImplementedError
+        return {}
 
     def plot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw from `self.history` and `publish_figure` each figure."""
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._last_measured == trainer.global_step or trainer.sanity_checking:
+        if self.every_n_steps is None or self._last_measured == trainer.global_step or trainer.sanity_checking:
             return
         self._last_measured = trainer.global_step
         metrics = self.measure(trainer, pl_module)
@@ -105,7 +106,7 @@ class Diagnostic(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps == 0:
+        if self.every_n_steps and step % self.every_n_steps == 0:
             self._measure(trainer, pl_module)
         if self.plot_every_n_steps and step % self.plot_every_n_steps == 0:
             self._plot(trainer, pl_module)

@@ -16,13 +16,7 @@ KEYS = ("train/acc", "train/loss", "val/acc", "val/loss")
 
 class GrokkingCurves(Diagnostic):
     def __init__(self, plot_every_n_steps: int | None = 2000):
-        super().__init__(every_n_steps=1, plot_every_n_steps=plot_every_n_steps)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        # recording happens on validation; only the redraw cadence is per step
-        step = trainer.global_step
-        if self.plot_every_n_steps and step % self.plot_every_n_steps == 0:
-            self._plot(trainer, pl_module)
+        super().__init__(every_n_steps=None, plot_every_n_steps=plot_every_n_steps)  # records on validation
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -30,9 +24,6 @@ class GrokkingCurves(Diagnostic):
         metrics = trainer.callback_metrics
         row = {"step": trainer.global_step} | {k: float(metrics[k]) for k in KEYS if k in metrics}
         self.history.append(row)
-
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        return {}
 
     def plot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.history:
