@@ -1,7 +1,7 @@
 """Routing diagnostics of routed nets (seeds 000, 001): which head handles which input.
 
-At its cadence the callback evaluates the net on every (a, b) of the first operation (`datamodule.grid()`) and,
-on multi-op data, on the whole dataset, then draws per layer
+At its cadence the callback evaluates the net once on the whole dataset; the grid of the first operation
+(`datamodule.grid()`) gives the per-(a, b) views. It draws per layer
 - `routing/head_map`: the argmax head for each (a, b), a p x p image per layer (does routing specialise by input?);
 - `routing/usage_by_operation`: mean routing weight of each head per operation (multi-op data);
 - `routing/entropy`: eval-mode routing entropy per layer over time.
@@ -35,14 +35,16 @@ class RoutingDiagnostics(Diagnostic):
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         data = trainer.datamodule
-        grid = data.grid()
-        routing = eval_forward(pl_module, grid.inputs.to(pl_module.device)).routing
+        everything = data.all  # one forward over every equation; the first operation's rows are the grid
+        routing = eval_forward(pl_module, everything.inputs.to(pl_module.device)).routing
         if not routing:
             return {}
-        layers = [per_example(w).float().cpu() for w in routing]
+        weights = [per_example(w).float().cpu() for w in routing]
+        groups = everything.group.cpu()
+        layers = [w[groups == 0] for w in weights]  # = data.grid(), in a-major order
         self.n_heads = layers[0].shape[-1]
         p = data.p
-        square = len(grid.targets) == p * p
+        square = len(layers[0]) == p * p
         self.head_maps = [w.argmax(-1).reshape(p, p).numpy() for w in layers] if square else []
         metrics, entropies = {}, []
         for i, w in enumerate(layers):
@@ -50,10 +52,6 @@ class RoutingDiagnostics(Diagnostic):
             entropies.append(entropy(w).mean().item())
             metrics[f"routing/eval_entropy/layer_{i}"] = entropies[-1]
         if len(data.operations) > 1:
-            everything = data.all
-            output = eval_forward(pl_module, everything.inputs.to(pl_module.device))
-            weights = [per_example(w).float().cpu() for w in output.routing]
-            groups = everything.group.cpu()
             self.usage_by_op = [torch.stack([w[groups == g].mean(0) for g in range(len(data.operations))]).numpy()
                                 for w in weights]
         self.history.append({"step": trainer.global_step, "entropy": entropies})
