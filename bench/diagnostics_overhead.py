@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.overhead import framework  # noqa: E402
+from bench.overhead import alternating, framework  # noqa: E402
 from runtime.compose import compose_config  # noqa: E402
 
 
@@ -30,11 +30,8 @@ def main() -> None:
     configs = {name: compose_config([f"callbacks={name}", *common], output_dir=tempfile.gettempdir())
                for name in ("default", "diagnostics")}
     framework(configs["default"].copy(), args.steps)  # warm-up
-    speeds: dict[str, list[float]] = {name: [] for name in configs}
-    for repeat in range(args.repeats):  # alternate which goes first, so drift favours neither
-        names = list(configs) if repeat % 2 == 0 else list(configs)[::-1]
-        for name in names:
-            speeds[name].append(framework(configs[name].copy(), args.steps))
+    speeds = alternating({name: (lambda cfg=cfg: framework(cfg.copy(), args.steps)) for name, cfg in configs.items()},
+                         args.repeats)
     base, diag = (statistics.median(speeds[n]) for n in ("default", "diagnostics"))
     for name, values in speeds.items():
         print(f"callbacks={name:<12}: {statistics.median(values):7.1f} steps/s  "

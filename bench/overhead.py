@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import lightning.pytorch as pl
 import torch
@@ -65,6 +66,15 @@ def framework(cfg, steps: int) -> float:
         return steps / (time.perf_counter() - started)
 
 
+def alternating(arms: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Each arm's result per repeat, with the order flipped every repeat so that drift favours no arm."""
+    results: dict[str, list[float]] = {name: [] for name in arms}
+    for repeat in range(repeats):
+        for name in list(arms) if repeat % 2 == 0 else list(arms)[::-1]:
+            results[name].append(arms[name]())
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600)
@@ -75,11 +85,9 @@ def main() -> None:
     cfg = compose_config(overrides, output_dir=tempfile.gettempdir())
     plain_loop(cfg, args.steps // 2)  # warm up allocator, kernels and clocks on both paths
     framework(cfg.copy(), args.steps // 2)
-    plain, fw = [], []
-    for repeat in range(args.repeats):  # alternate which goes first, so drift favours neither
-        order = [("plain", plain_loop), ("framework", framework)]
-        for name, fn in order if repeat % 2 == 0 else order[::-1]:
-            (plain if name == "plain" else fw).append(fn(cfg.copy(), args.steps))
+    speeds = alternating({"plain": lambda: plain_loop(cfg.copy(), args.steps),
+                          "framework": lambda: framework(cfg.copy(), args.steps)}, args.repeats)
+    plain, fw = speeds["plain"], speeds["framework"]
     ratio = statistics.median(fw) / statistics.median(plain)
     print(f"plain loop : {statistics.median(plain):7.1f} steps/s  (runs: {', '.join(f'{v:.1f}' for v in plain)})")
     print(f"framework  : {statistics.median(fw):7.1f} steps/s  (runs: {', '.join(f'{v:.1f}' for v in fw)})")
