@@ -77,7 +77,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers: list = []
     ckpt_path = cfg.ckpt_path
     if cfg.get("resume"):
-        previous = read_summary(out) if (out / "summary.json").is_file() else {}
+        previous = read_summary(out)
         if previous.get("status") in FINISHED:
             report(f"[grokking-lab] resume: already {previous['status']}, skipped: {out}", flush=True)
             return previous

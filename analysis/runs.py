@@ -4,7 +4,6 @@ Everything comes from the files `launch.py` leaves behind (DESIGN.md, "A run's f
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from hydra.core.override_parser.types import OverrideType
 from omegaconf import OmegaConf
 
 from runtime.errors import require
+from runtime.summary import read_summary
 
 RUN_FILES = ("summary.json", "metrics.csv", ".hydra/config.yaml", ".hydra/overrides.yaml")
 STATUS_NO_SUMMARY = "missing summary"  # the folder exists but the run never wrote summary.json (killed hard)
@@ -60,16 +60,6 @@ def load_run(path: str | Path) -> Run:
         override_list = summary.get("overrides", [])
     return Run(path=path, config=read_config(path), overrides=parse_overrides(override_list), summary=summary,
                metrics=read_metrics(path))
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    file = run_dir / "summary.json"
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError:  # written atomically, so only a foreign or hand-edited file gets here
-        return {}
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -28,4 +28,11 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
+    """A run folder's summary.json; {} when the run never wrote one (a hard kill) or it is not valid JSON."""
+    file = Path(run_dir) / "summary.json"
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError:  # written atomically, so only a foreign or hand-edited file gets here
+        return {}
