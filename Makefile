@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The pinned CPU build; override e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for a CUDA machine.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test bench analysis clean
+.PHONY: setup run test gpu-test bench analysis clean
 
 setup: $(VENV)/.installed
 
@@ -21,9 +21,16 @@ run: setup
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 
+# The GPU lane: tests marked `cuda` (they skip without a GPU). On a machine whose Python already has the
+# dependencies: make gpu-test PY=python3 SETUP=
+SETUP ?= setup
+gpu-test: $(SETUP)
+	$(PY) -m pytest -q -m cuda $(ARGS)
+
 bench: setup
 	$(PY) bench/overhead.py
 	$(PY) bench/diagnostics_overhead.py
+	$(PY) bench/ensemble.py --experiment mlp_grok --members 8 --steps 200
 	$(PY) bench/time_to_grok.py
 
 # the table and figures of a sweep: make analysis DIR=runs/<experiment>/multirun_<date_time>

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from pathlib import Path
@@ -16,48 +15,19 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks import GrokkingTime, NonFiniteLossError
-from datamodules import TaskSpec
+from runtime.build import build, build_net, configure_torch
 from runtime.errors import ConfigError, require
 from runtime.init import prepare_init
-from runtime.loggers import finish_wandb, publish_summary, wandb_identity
+from runtime.loggers import wandb_identity
 from runtime.quiet import quiet_library_noise
-from runtime.summary import read_summary, write_summary
+from runtime.summary import close_summary, grok_summary, read_summary
 
-SPEC_FIELDS = ("in_features", "vocab_size", "num_classes", "seq_len")
 FINISHED = ("completed", "stopped_after_grokking")  # statuses `resume=true` skips
-
-
-def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """`instantiate`, with a bad setting reported under its full key (e.g. `data.p`)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause.under(key) from None
-        if isinstance(cause, TypeError) and "argument" in str(cause):
-            raise ConfigError(key, node.get("_target_"), f"only settings it accepts ({cause})") from None
-        raise
-
-
-def build_net(model_cfg: DictConfig, spec: TaskSpec) -> torch.nn.Module:
-    """Build the net with the sizes the data dictates (input dims, vocabulary, classes, length)."""
-    net_class = get_class(model_cfg._target_)
-    accepts = inspect.signature(net_class).parameters
-    for name in SPEC_FIELDS:
-        require(name not in model_cfg, f"model.{name}", model_cfg.get(name), "unset: it is taken from the data")
-    wanted = getattr(net_class, "input_kind", spec.input_kind)
-    require(wanted == spec.input_kind, "data.format", f"{spec.input_kind} inputs",
-            f"{'onehot' if wanted == 'onehot' else 'tokens or sequence'} for model {net_class.__name__}")
-    sizes = {name: getattr(spec, name) for name in SPEC_FIELDS if name in accepts}
-    return build(model_cfg, "model", **sizes)
 
 
 def overrides() -> list[str]:
@@ -91,9 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         require(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
         require(ckpt_path is None or Path(ckpt_path).is_file(), "ckpt_path", ckpt_path,
                 "null or the path of an existing checkpoint file")
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg.threads))
-        torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+        configure_torch(cfg)
         datamodule = build(cfg.data, "data")
         pl.seed_everything(cfg.seed, workers=False, verbose=False)  # the model-init seed, apart from the split's
         net = build_net(cfg.model, datamodule.spec)
@@ -101,13 +69,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             summary["init_fingerprint"] = prepare_init(net, out, cfg.get("init_from"), cfg.get("init_scale", 1.0))
         # objects are passed after instantiation: Hydra would turn dataclass arguments into configs
         make_module = build(cfg.module, "module", _partial_=True)
+        graphed = bool(cfg.module.get("cuda_graph"))
         module = make_module(net=net, spec=datamodule.spec, optimizer=build(cfg.optimizer, "optimizer"),
-                             regularizers=build(cfg.regularizer, "regularizer"))
+                             regularizers=build(cfg.regularizer, "regularizer"),
+                             **({"clip_grad_norm": cfg.trainer.get("gradient_clip_val")} if graphed else {}))
         callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node]
         loggers = [build(node, f"logger.{name}") for name, node in (cfg.logger or {}).items() if node]
         grok = next((c for c in callbacks if isinstance(c, GrokkingTime)), None)
+        # a captured step clips inside its graph (the module got the value); the trainer must not clip again
         trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                                    default_root_dir=str(out))
+                                    default_root_dir=str(out), **({"gradient_clip_val": None} if graphed else {}))
+        summary["device"] = str(trainer.strategy.root_device)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         if wandb_run := wandb_identity(loggers):
@@ -123,20 +95,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
                 if datamodule.has_test:
                     trainer.test(module, datamodule=datamodule, verbose=False)
-        except NonFiniteLossError as err:
-            summary |= {"status": "diverged", "error": str(err)}
+            summary["steps"] = trainer.global_step
+        except NonFiniteLossError as err:  # the weights are those after the last good step
+            summary |= {"status": "diverged", "error": str(err), "steps": err.step}
             report(f"[grokking-lab] diverged: {err}; the last good checkpoint is kept", file=sys.stderr)
-        summary["steps"] = trainer.global_step
+        module.to(trainer.strategy.root_device)  # `fit` leaves it on the CPU; evaluate where it trained
         summary["final"] = {
             f"{split}/{name}": value
             for split, batch in datamodule.splits.items() if len(batch.targets)
             for name, value in module.evaluate(batch).items()
         }
-        summary["grok"] = dict(grok.steps) if grok else {}
-        summary["grokked"] = bool(grok and grok.grokked_step is not None)
-        if grok and grok.bounds is not None:
-            summary["loss_bounds"] = grok.bounds._asdict()
-            summary["loss_phase"] = grok.phase
+        summary |= grok_summary(grok)
         summary["checkpoints"] = sorted(str(p.relative_to(out)) for p in (out / "checkpoints").glob("*.ckpt"))
     except BaseException as err:  # keep what was written; record why the run ended
         if summary["status"] in ("failed", "running"):
@@ -144,16 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             summary["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
-        wall = time.time() - started
-        summary["wall_time_s"] = round(wall, 2)
-        if summary.get("steps"):
-            summary["steps_per_s"] = round(summary["steps"] / wall, 2)
-        if rank_zero_only.rank == 0:
-            write_summary(out / "summary.json", summary)
-        try:
-            publish_summary(loggers, summary)
-        finally:
-            finish_wandb(loggers)
+        wall = close_summary(out, summary, loggers, started, write=rank_zero_only.rank == 0)
         report(f"[grokking-lab] {summary['status']} after {summary.get('steps', 0)} steps in {wall:.1f} s; "
               f"outputs in {out}", flush=True)
     return summary

@@ -1,20 +1,93 @@
-"""Stops a run whose loss turns NaN or inf before the bad step is applied, so the last checkpoint stays good."""
+"""Stops a run whose loss turns NaN or inf before the bad step is applied, so the last checkpoint stays good.
+
+Reading the loss on the host every step would stall a GPU on every step (the CPU could no longer queue work
+ahead). With a fused optimiser (`optimizer.fused: true`, the default) the guard never reads it per step:
+
+- each step writes the running sum of the losses since the last check into a small on-device ring; the sum
+  turns non-finite at the first bad loss and stays so (inf + x = inf, nan + x = nan);
+- `optimizer.found_inf` (the flag torch's GradScaler uses) is set from that sum, so the fused AdamW kernel
+  skips the update, the moments and the step count on the device from the first bad step on;
+- on logging steps (which read metrics anyway), when the ring is full, before a checkpoint is written and at the
+  end, the ring is read once: a non-finite entry raises `NonFiniteLossError` naming the first bad step.
+
+The weights are then exactly those after the last good step, as with an immediate check. A non-fused optimiser
+falls back to reading the loss every step.
+"""
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_modules.cadence import is_log_step
+from runtime.errors import NonFiniteLossError
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss was NaN or inf; raised before backward, so no weight was touched by it."""
 
-    def __init__(self, step: int, value: float):
-        self.step, self.value = step, value
-        super().__init__(f"training loss is {value} at step {step}; stopped before applying it")
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """True when the optimiser's kernel honours `found_inf` (torch's fused Adam/AdamW/SGD)."""
+    return bool(optimizer.defaults.get("fused"))
 
 
 class FiniteLossGuard(Callback):
+    cuda_graph_safe = True  # under `module.cuda_graph` the captured step guards itself and this stays idle
+
+    def __init__(self, check_every_n_steps: int | None = None):
+        """check_every_n_steps: most steps between two host reads (null = the logging cadence)."""
+        self.check_every_n_steps = check_every_n_steps
+        self._ring: torch.Tensor | None = None  # running loss sums since `_first`, one slot per step
+        self._found_inf: torch.Tensor | None = None
+        self._first = 0  # the step of the ring's first slot
+        self._deferred = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._deferred = all(skips_on_device(opt) for opt in trainer.optimizers)
+        size = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
+        self._ring = torch.zeros(size, device=pl_module.device)
+        self._found_inf = torch.zeros((), device=pl_module.device)
+        self._first = trainer.global_step
+
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(trainer.global_step, float(loss))
+        if not self._deferred:
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(trainer.global_step, float(loss))
+            return
+        slot = trainer.global_step - self._first
+        total = self._ring[slot]
+        if slot:
+            torch.add(self._ring[slot - 1], loss.detach(), out=total)
+        else:
+            total.copy_(loss.detach())
+        torch.logical_not(torch.isfinite(total), out=self._found_inf)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        if self._deferred:
+            optimizer.found_inf = self._found_inf  # read by the fused kernel when it runs, after this hook
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._deferred and (trainer.global_step - self._first >= len(self._ring)
+                               or is_log_step(trainer.global_step, trainer)):
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.check(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: pl.Trainer) -> None:
+        """Read the ring (one host sync): raise for the first non-finite loss, else start a new ring."""
+        if not self._deferred or trainer.global_step == self._first:
+            return
+        sums = self._ring[: trainer.global_step - self._first].tolist()
+        for slot, total in enumerate(sums):
+            if not math.isfinite(total):
+                raise NonFiniteLossError(self._first + slot, total)
+        self._first = trainer.global_step

@@ -51,46 +51,69 @@ class GrokkingTime(Callback):
     def grokked_step(self) -> int | None:
         return self.steps[threshold_key("val", self.grokked_threshold)]
 
-    def _record(self, trainer: pl.Trainer, key: str, step: int) -> None:
-        self.steps[key] = step
-        for logger in trainer.loggers:
-            logger.log_metrics({key: step}, step=step - 1)
+    def _log(self, trainer: pl.Trainer, reached: dict[str, int]) -> None:
+        for key, step in reached.items():
+            for logger in trainer.loggers:
+                logger.log_metrics({key: step}, step=step - 1)
 
+    # The rules, apart from Lightning: an ensemble keeps one GrokkingTime per member and calls these directly.
+    def set_bounds(self, bounds: dict[str, float]) -> dict[str, float]:
+        """Adopt the task's loss bounds; returns them under their metric names, to log once."""
+        self.bounds = LossBounds(bounds["generalising"], bounds["random answer"])
+        return {"grok/loss_bound/generalising": self.bounds.generalising,
+                "grok/loss_bound/random_answer": self.bounds.random_answer}
+
+    def record_train(self, step: int, acc: float) -> dict[str, int]:
+        """Train accuracy measured after `step` optimiser steps -> the thresholds first reached {key: step}."""
+        key = threshold_key("train", self.train_threshold)
+        if self.steps[key] is None and acc >= self.train_threshold:
+            self.steps[key] = step
+            return {key: step}
+        return {}
+
+    def record_val(self, step: int, acc: float, train_loss: float | None = None,
+                   val_loss: float | None = None) -> dict[str, int]:
+        """Validation after `step` optimiser steps -> the thresholds first reached; updates the loss phase."""
+        reached = {}
+        for threshold in self.val_thresholds:
+            key = threshold_key("val", threshold)
+            if self.steps[key] is None and acc >= threshold:
+                self.steps[key] = reached[key] = step
+        if self.bounds is not None and train_loss is not None and val_loss is not None:
+            self.phase = classify_phase(train_loss, val_loss, self.bounds)
+        return reached
+
+    def should_stop(self, step: int) -> bool:
+        """True once `stop_after_steps` steps have passed since grokking."""
+        grokked = self.grokked_step
+        return self.stop_after_steps is not None and grokked is not None and step >= grokked + self.stop_after_steps
+
+    # Lightning glue
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         data = trainer.datamodule
         if getattr(data, "format", None) != "sequence" or not hasattr(data, "loss_bounds"):
             return  # answer-only formats: the bounds are 0 and ln p, nothing to classify against
-        bounds = data.loss_bounds()
-        self.bounds = LossBounds(bounds["generalising"], bounds["random answer"])
-        values = {"grok/loss_bound/generalising": self.bounds.generalising,
-                  "grok/loss_bound/random_answer": self.bounds.random_answer}
+        values = self.set_bounds(data.loss_bounds())
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        key = threshold_key("train", self.train_threshold)
-        if self.steps[key] is None and is_log_step(step, trainer):
+        if self.steps[threshold_key("train", self.train_threshold)] is None and is_log_step(step, trainer):
             acc = trainer.callback_metrics.get("train/acc")
-            if acc is not None and float(acc) >= self.train_threshold:
-                self._record(trainer, key, step)
-        grokked = self.grokked_step
-        if self.stop_after_steps is not None and grokked is not None and step >= grokked + self.stop_after_steps:
+            if acc is not None:
+                self._log(trainer, self.record_train(step, float(acc)))
+        if self.should_stop(step):
             trainer.should_stop = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        acc = trainer.callback_metrics.get("val/acc")
-        if acc is None:
+        metrics = trainer.callback_metrics
+        if "val/acc" not in metrics:
             return
-        for threshold in self.val_thresholds:
-            key = threshold_key("val", threshold)
-            if self.steps[key] is None and float(acc) >= threshold:
-                self._record(trainer, key, trainer.global_step)
-        train_loss, val_loss = (trainer.callback_metrics.get(k) for k in ("train/loss", "val/loss"))
-        if self.bounds is not None and train_loss is not None and val_loss is not None:
-            self.phase = classify_phase(float(train_loss), float(val_loss), self.bounds)
+        losses = [float(metrics[k]) if k in metrics else None for k in ("train/loss", "val/loss")]
+        self._log(trainer, self.record_val(trainer.global_step, float(metrics["val/acc"]), *losses))
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": dict(self.steps), "phase": self.phase}

@@ -18,13 +18,33 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.batch import Batch, TaskSpec
 from lightning_modules.cadence import is_log_step
+from lightning_modules.cuda_graph import CapturedStep, StepResult, check_graphable
 from lightning_modules.compute_cost import binary_entropy
 from lightning_modules.optimization import AdamWRecipe
 from lightning_modules.regularizers import Regularizer
 from lightning_modules.routing_regularizers import entropy
 from nets.output import NetOutput
+from runtime.errors import NonFiniteLossError, require
 
 EVAL_STAGES = ("val", "test")
+
+
+def aligned_logits(output: NetOutput, n_targets: int) -> Tensor:
+    """(N, T, classes): the net's logits at the T positions that have targets (the last T)."""
+    logits = output.logits if output.logits.ndim == 3 else output.logits[:, None]
+    return logits[:, -n_targets:]
+
+
+def task_loss(output: NetOutput, batch: Batch, answer_position: int) -> tuple[Tensor, Tensor]:
+    """(cross-entropy averaged over the positions `batch.loss_mask` selects, answer logits (N, classes)).
+    Pure tensor code, so an ensemble can run it per member under `torch.func.vmap`."""
+    logits = aligned_logits(output, batch.targets.shape[1])
+    answer_logits = logits[:, answer_position]
+    if batch.targets.shape[1] == 1:  # answer-only tasks: the mask is all ones
+        return F.cross_entropy(answer_logits, batch.targets[:, 0]), answer_logits
+    ce = F.cross_entropy(rearrange(logits, "n t c -> (n t) c"), batch.targets.flatten(), reduction="none")
+    mask = batch.loss_mask.flatten()
+    return (ce * mask).sum() / mask.sum(), answer_logits
 
 
 class GrokkingModule(pl.LightningModule):
@@ -34,9 +54,17 @@ class GrokkingModule(pl.LightningModule):
         spec: TaskSpec,
         optimizer: AdamWRecipe,
         regularizers: Mapping[str, Regularizer] | None = None,
+        cuda_graph: bool = False,
+        clip_grad_norm: float | None = None,
     ):
+        """cuda_graph: capture the full-batch training step in a CUDA graph (lightning_modules.cuda_graph); the
+        module then optimises manually and clips to `clip_grad_norm` itself (the trainer's clipping is off)."""
         super().__init__()
+        require(isinstance(cuda_graph, bool), "cuda_graph", cuda_graph, "true or false")
         self.net, self.spec, self.recipe = net, spec, optimizer
+        self.cuda_graph, self.clip_grad_norm = cuda_graph, clip_grad_norm
+        self.automatic_optimization = not cuda_graph
+        self._captured: CapturedStep | None = None
         self.regularizers = dict(regularizers or {})
         accuracy = lambda: MulticlassAccuracy(spec.num_classes, average="micro", validate_args=False)  # noqa: E731
         self.train_acc = accuracy()
@@ -54,25 +82,13 @@ class GrokkingModule(pl.LightningModule):
     def forward(self, inputs: Tensor) -> NetOutput:
         return self.net(inputs)
 
-    @staticmethod
-    def aligned_logits(output: NetOutput, n_targets: int) -> Tensor:
-        """(N, T, classes): the net's logits at the T positions that have targets (the last T)."""
-        logits = output.logits if output.logits.ndim == 3 else output.logits[:, None]
-        return logits[:, -n_targets:]
-
     def answer_logits(self, output: NetOutput, n_targets: int) -> Tensor:
         """(N, classes): the logits of the answer position."""
-        return self.aligned_logits(output, n_targets)[:, self.spec.answer_position]
+        return aligned_logits(output, n_targets)[:, self.spec.answer_position]
 
     def task_loss(self, output: NetOutput, batch: Batch) -> tuple[Tensor, Tensor]:
         """(masked mean cross-entropy, answer logits (N, classes))."""
-        logits = self.aligned_logits(output, batch.targets.shape[1])
-        answer_logits = logits[:, self.spec.answer_position]
-        if batch.targets.shape[1] == 1:  # answer-only tasks: the mask is all ones
-            return F.cross_entropy(answer_logits, batch.targets[:, 0]), answer_logits
-        ce = F.cross_entropy(rearrange(logits, "n t c -> (n t) c"), batch.targets.flatten(), reduction="none")
-        mask = batch.loss_mask.flatten()
-        return (ce * mask).sum() / mask.sum(), answer_logits
+        return task_loss(output, batch, self.spec.answer_position)
 
     def answers(self, batch: Batch) -> Tensor:
         return batch.targets[:, self.spec.answer_position]
@@ -80,22 +96,72 @@ class GrokkingModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         for regularizer in self.regularizers.values():
             regularizer.bind(self)
+        if self.cuda_graph:
+            check_graphable(self.trainer)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def step_result(self, batch: Batch) -> StepResult:
+        """Forward, task loss and regulariser terms of one training step."""
         output = self.net(batch.inputs)
         task_loss, answer_logits = self.task_loss(output, batch)
         terms = {name: reg(output) for name, reg in self.regularizers.items()}
         total = task_loss
         for name, reg in self.regularizers.items():
             total = total + reg.weight * terms[name]
-        if is_log_step(self.global_step + 1, self.trainer):
-            metrics = {"train/loss": task_loss, "train/acc": self.train_acc(answer_logits, self.answers(batch))}
-            if self.regularizers:
-                metrics |= {"train/task_loss": task_loss, "train/total_loss": total}
-                metrics |= {f"train/reg/{name}": term for name, term in terms.items()}
-            groups = dict(enumerate(self.spec.group_names)) if self.per_group else {}
-            self.log_dict(metrics | structure_metrics(output, batch.group, groups), prog_bar=False)
-        return total
+        return StepResult(output, task_loss, answer_logits, terms, total)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        if self.cuda_graph:
+            result = self.graphed_step(batch)
+        else:
+            result = self.step_result(batch)
+        if is_log_step(self.global_step + (0 if self.cuda_graph else 1), self.trainer):
+            self.log_train_metrics(result, batch)
+        return None if self.cuda_graph else result.total
+
+    def log_train_metrics(self, result: StepResult, batch: Batch) -> None:
+        metrics = {"train/loss": result.task_loss, "train/acc": self.train_acc(result.answer_logits, self.answers(batch))}
+        if self.regularizers:
+            metrics |= {"train/task_loss": result.task_loss, "train/total_loss": result.total}
+            metrics |= {f"train/reg/{name}": term for name, term in result.terms.items()}
+        groups = dict(enumerate(self.spec.group_names)) if self.per_group else {}
+        self.log_dict(metrics | structure_metrics(result.output, batch.group, groups), prog_bar=False)
+
+    def graphed_step(self, batch: Batch) -> StepResult:
+        """One step under `cuda_graph` (manual optimisation): eager until the lr warmup is over, then the
+        captured step replayed (see lightning_modules.cuda_graph)."""
+        optimizer = self.optimizers()
+        if self._captured is None and self.global_step >= max(self.recipe.warmup_steps, 3):
+            self._captured = CapturedStep(lambda: self.step_result(batch), list(self.net.parameters()),
+                                          optimizer.optimizer, self.clip_grad_norm, self.global_step)
+        if self._captured is not None:
+            optimizer.step()  # the replay
+            result = self._captured.result
+        else:
+            result = self.step_result(batch)
+            optimizer.zero_grad()
+            self.manual_backward(result.total)
+            optimizer.step()
+        self.lr_schedulers().step()
+        return result
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.cuda_graph and self._captured is None and self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_grad_norm)  # eager steps, after filters
+
+    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+        if self._captured is not None and is_log_step(self.global_step, self.trainer):
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Under `cuda_graph`: raise for a non-finite loss since capture (its update and later ones were skipped)."""
+        if self._captured is not None and (step := self._captured.first_bad_step()) is not None:
+            raise NonFiniteLossError(step, float(self._captured.loss_sum))
+
+    def on_train_end(self) -> None:
+        self.check_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # never write a checkpoint past a skipped (non-finite) step
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         """Batches are served from on-device tensors (see datamodules.loaders): nothing to copy."""
@@ -131,12 +197,15 @@ class GrokkingModule(pl.LightningModule):
         self._eval_step("test", batch)
 
     def configure_optimizers(self):
-        optimizer, scheduler = self.recipe.build(self.net)
+        optimizer, scheduler = self.recipe.build(self.net, graphed=self.cuda_graph)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, float]:
-        """Loss and answer accuracy of the current weights on one whole split (for final numbers)."""
+        """Loss and answer accuracy of the current weights on one whole split (for final numbers), on whichever
+        device the module is (Lightning moves it back to the CPU when `fit` ends; the data may stay on a GPU)."""
+        device = next(self.net.parameters()).device
+        batch = Batch(*(t.to(device) for t in batch))
         was_training = self.training
         self.eval()
         loss, answer_logits = self.task_loss(self.net(batch.inputs), batch)

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from lightning_modules.cuda_graph import GraphedAdamW
 from lightning_modules.param_groups import DecayPolicy, split_by_decay
 from runtime.errors import require
 
@@ -26,6 +27,7 @@ class AdamWRecipe:
     warmup_steps: int = 0
     decay: DecayPolicy = field(default_factory=DecayPolicy)
     declared_lr: float | None = None  # own learning rate for what a net declares (gates, routing); None = lr
+    fused: bool = True  # torch's fused AdamW kernel: one launch per step instead of one per tensor and op
 
     def __post_init__(self) -> None:
         if isinstance(self.decay, dict) or hasattr(self.decay, "items"):
@@ -43,6 +45,7 @@ class AdamWRecipe:
                 "declared_lr", self.declared_lr, "null or a positive number")
         require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", self.warmup_steps,
                 "an integer >= 0")
+        require(isinstance(self.fused, bool), "fused", self.fused, "true or false")
 
     def param_groups(self, net: nn.Module) -> list[dict]:
         """decay / no_decay groups; with `declared_lr`, the declared parameters move to groups of their own
@@ -59,8 +62,15 @@ class AdamWRecipe:
                     groups.append({"name": prefix + name, "params": chosen, "weight_decay": wd, "lr": lr})
         return groups
 
-    def build(self, net: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        optimizer = torch.optim.AdamW(self.param_groups(net), lr=self.lr, betas=self.betas, eps=self.eps)
+    def build(self, net: nn.Module, graphed: bool = False
+              ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """graphed: an AdamW whose update can be captured in a CUDA graph (`lightning_modules.cuda_graph`)."""
+        if graphed:
+            optimizer = GraphedAdamW(self.param_groups(net), lr=self.lr, betas=self.betas, eps=self.eps, fused=True,
+                                     capturable=True)
+        else:
+            optimizer = torch.optim.AdamW(self.param_groups(net), lr=self.lr, betas=self.betas, eps=self.eps,
+                                          fused=self.fused or None)
         warmup = max(self.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return optimizer, scheduler

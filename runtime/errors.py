@@ -1,4 +1,4 @@
-"""One error type for bad settings, so the launcher can print it as one clear line."""
+"""Error types: bad settings (printed by the launcher as one clear line) and a diverged run."""
 from __future__ import annotations
 
 from typing import Any
@@ -23,3 +23,12 @@ def require(condition: bool, key: str, value: Any, allowed: str) -> None:
     """Raise `ConfigError(key, value, allowed)` unless `condition` holds."""
     if not condition:
         raise ConfigError(key, value, allowed)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss was NaN or inf at optimiser step `step` (0-based: `step` good updates were applied);
+    no weight was touched by it or by any later step."""
+
+    def __init__(self, step: int, value: float):
+        self.step, self.value = step, value
+        super().__init__(f"training loss is {value} at step {step}; stopped before applying it")

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+from runtime.loggers import finish_wandb, publish_summary
 
 
 def _clean(value: Any) -> Any:
@@ -36,3 +39,28 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
         return json.loads(file.read_text())
     except json.JSONDecodeError:  # written atomically, so only a foreign or hand-edited file gets here
         return {}
+
+
+def grok_summary(grok) -> dict[str, Any]:
+    """What a run's `GrokkingTime` (or None) contributes to its summary."""
+    part: dict[str, Any] = {"grok": dict(grok.steps) if grok else {},
+                            "grokked": bool(grok and grok.grokked_step is not None)}
+    if grok and grok.bounds is not None:
+        part |= {"loss_bounds": grok.bounds._asdict(), "loss_phase": grok.phase}
+    return part
+
+
+def close_summary(out: Path, summary: dict[str, Any], loggers: Iterable, started: float, write: bool = True) -> float:
+    """Stamp wall time and speed, write `summary.json`, hand the numbers to the loggers and end their runs.
+    Returns the wall time in seconds."""
+    wall = time.time() - started
+    summary["wall_time_s"] = round(wall, 2)
+    if summary.get("steps"):
+        summary["steps_per_s"] = round(summary["steps"] / wall, 2)
+    if write:
+        write_summary(out / "summary.json", summary)
+    try:
+        publish_summary(loggers, summary)
+    finally:
+        finish_wandb(loggers)
+    return wall

@@ -1,6 +1,7 @@
 """Test-only pieces that configs can point `_target_` at."""
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 
 from lightning_modules.regularizers import Regularizer
@@ -17,3 +18,33 @@ class NaNAfter(Regularizer):
         self.calls += 1
         value = 0.0 if self.calls <= self.after else float("nan")
         return torch.tensor(value, device=output.logits.device)
+
+
+class NaNSwitch(Regularizer):
+    """Contributes 0 until a `FlipToNaN` callback flips it, then NaN. The value lives in a device tensor the term
+    reads, so a captured CUDA-graph step sees the flip too (a Python-side counter would be frozen at capture)."""
+
+    instances: list["NaNSwitch"] = []
+
+    def __init__(self, weight: float = 1.0):
+        super().__init__(weight)
+        self.value: torch.Tensor | None = None
+        NaNSwitch.instances.append(self)
+
+    def term(self, output):
+        if self.value is None:
+            self.value = torch.zeros((), device=output.logits.device)
+        return self.value * 1.0
+
+
+class FlipToNaN(pl.Callback):
+    """After `at` optimiser steps, every NaNSwitch turns NaN."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.at:
+            for switch in NaNSwitch.instances:
+                if switch.value is not None:
+                    switch.value.fill_(float("nan"))

@@ -175,7 +175,7 @@ FOURIER = ["+callbacks.fourier._target_=callbacks.fourier.FourierSpectrum", "+ca
 def final_net(run_dir, overrides):
     """The net rebuilt from the run's last checkpoint, and its data."""
     from datamodules import ModularArithmetic
-    from launch import build_net
+    from runtime.build import build_net
     from runtime.compose import compose_config
     from tests.conftest import SMALL
     cfg = compose_config([*SMALL, *overrides], output_dir=run_dir)

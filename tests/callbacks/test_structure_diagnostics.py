@@ -25,7 +25,7 @@ def test_gated_run_draws_gate_heatmap_and_grokking_curves(run_config):
 
 
 def test_routing_diagnostics_measure_the_whole_grid(run_config):
-    from launch import build_net  # the same net rebuilt from the final checkpoint's weights
+    from runtime.build import build_net  # the same net rebuilt from the final checkpoint's weights
     summary, run_dir = run_config([*FAST, *ROUTED])
     assert summary["status"] == "completed"
     assert {"routing_head_map.png", "routing_entropy.png", "attention_maps.png"} <= {

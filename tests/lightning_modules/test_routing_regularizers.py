@@ -50,7 +50,7 @@ def test_unknown_kind_and_missing_routing_are_errors():
 def routing_entropy_after(run_config, name, regularizer):
     from hydra.utils import instantiate
 
-    from launch import build_net
+    from runtime.build import build_net
     from runtime.compose import compose_config
 
     overrides = ["experiment=routed_none", "data.p=11", "data.train_fraction=0.5", "model.n_layers=1",

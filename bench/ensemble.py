@@ -1,0 +1,93 @@
+"""Throughput of E members trained at once (`hydra/launcher=ensemble`) against the same E runs one after another.
+
+Both arms run the same config (default `nanda_grok`) for the same number of full-batch steps on the same device:
+the ensemble arm trains seeds 0..E-1 together (`ensemble.run.run_ensemble`, as the launcher does), the sequential
+arm runs them as solo runs (`launch.run`, as the basic launcher does). Printed are model-steps/s (members x steps
+per second) at steady state (from `--warmup` steps to the end, the device synchronised at both ends) and over the
+whole run (set-up, init files, final evaluation included), and the ratio ensemble / sequential. Target on a GPU:
+>= 10x for E = 32 on nanda_grok. `--sequential-runs K` times K of the E solo runs and scales (each solo run's
+speed does not depend on its seed); by default all E run.
+
+    python bench/ensemble.py [--device cpu|cuda] [--experiment nanda_grok] [--members 32] [--steps 500]
+                             [--sequential-runs K] [overrides...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.overhead import ACCELERATOR, StepTimer  # noqa: E402
+from ensemble.members import Member  # noqa: E402
+from ensemble.run import run_ensemble  # noqa: E402
+from launch import run  # noqa: E402
+from runtime.build import build  # noqa: E402
+from runtime.compose import compose_config  # noqa: E402
+
+
+def configs(overrides: list[str], seeds: range, root: Path):
+    return [(seed, compose_config([*overrides, f"seed={seed}"], output_dir=root / str(seed))) for seed in seeds]
+
+
+def ensemble_arm(overrides: list[str], members: int, steps: int, warmup: int) -> tuple[float, float]:
+    """(steady, whole-run) model-steps/s of `members` seeds trained together."""
+    with tempfile.TemporaryDirectory() as tmp:
+        built = [Member(cfg, Path(tmp) / str(seed), [f"seed={seed}"],
+                        [build(node, "logger") for node in (cfg.logger or {}).values() if node])
+                 for seed, cfg in configs(overrides, range(members), Path(tmp))]
+        timer = StepTimer(warmup)
+        started = time.perf_counter()
+        run_ensemble(built, callbacks=[timer])
+        whole = time.perf_counter() - started
+    return members * StepTimer.rates[-1], members * steps / whole
+
+
+def sequential_arm(overrides: list[str], runs: int, steps: int, warmup: int) -> tuple[float, float]:
+    """(steady, whole-run) model-steps/s of `runs` solo runs one after another."""
+    steady, whole = 0.0, 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, cfg in configs([*overrides, "+callbacks.step_timer._target_=bench.overhead.StepTimer",
+                                  f"+callbacks.step_timer.warmup={warmup}"], range(runs), Path(tmp)):
+            started = time.perf_counter()
+            run(cfg)
+            whole += time.perf_counter() - started
+            steady += (steps - warmup) / StepTimer.rates[-1]
+    return runs * (steps - warmup) / steady, runs * steps / whole
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=sorted(ACCELERATOR), default="cpu")
+    parser.add_argument("--experiment", default="nanda_grok")
+    parser.add_argument("--members", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--sequential-runs", type=int, default=None, help="solo runs timed (default: all members)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for launch.py")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    overrides = [f"experiment={args.experiment}", f"trainer.accelerator={ACCELERATOR[args.device]}",
+                 f"trainer.max_steps={args.steps}", "callbacks.grokking_time.stop_after_steps=null",
+                 "callbacks.progress.refresh_seconds=1", *args.overrides]
+    runs = min(args.sequential_runs or args.members, args.members)
+    ensemble = ensemble_arm(overrides, args.members, args.steps, args.warmup)
+    sequential = sequential_arm(overrides, runs, args.steps, args.warmup)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"{args.experiment} on {device}: {args.members} members x {args.steps} steps "
+          f"({args.warmup} warm-up); {' '.join(args.overrides)}")
+    print(f"ensemble   : {ensemble[0]:8.1f} model-steps/s steady, {ensemble[1]:8.1f} whole run")
+    print(f"sequential : {sequential[0]:8.1f} model-steps/s steady, {sequential[1]:8.1f} whole run "
+          f"({runs} of {args.members} solo runs timed)")
+    print(f"speed-up ensemble/sequential = {ensemble[0] / sequential[0]:.2f}x steady, "
+          f"{ensemble[1] / sequential[1]:.2f}x whole run  (target on a GPU: >= 10x for 32 members of nanda_grok)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""AdamW for a `StackedNets` flat parameter (E, P): every member's solo AdamW in one vectorised update.
+
+Member e, element j steps as torch.optim.AdamW (decoupled weight decay) would with
+- learning rate `lr[e, j]`: the member's lr, or its `declared_lr` on what the net declares (gates, routing);
+- weight decay `weight_decay[e, j]`: the member's, or 0 on parameters exempt from decay (biases, norms, ...);
+- its gradient first clipped to total norm `max_grad_norm` over the member's own parameters (as
+  `clip_grad_norm_` on a solo net);
+- the linear warmup of `AdamWRecipe` (factor min(1, t / warmup_steps) at update t).
+A member whose `keep` entry is False this step (diverged, or stopped after grokking) is left exactly as it was:
+weights, moments and step count. `keep` is set by the module before each step, as GradScaler sets `found_inf`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+class StackedAdamW(torch.optim.Optimizer):
+    def __init__(self, flat: Tensor, lr: Tensor, weight_decay: Tensor, betas: tuple[float, float], eps: float,
+                 warmup_steps: int = 0, max_grad_norm: float | None = None):
+        """lr, weight_decay: (E, P) per member and element (broadcastable shapes are expanded)."""
+        shape = flat.shape
+        super().__init__([flat], {"lr": lr.expand(shape).clone(), "weight_decay": weight_decay.expand(shape).clone(),
+                                  "betas": tuple(betas), "eps": eps})
+        self.warmup_steps, self.max_grad_norm = max(warmup_steps, 1), max_grad_norm
+        self.keep = torch.ones(shape[0], dtype=torch.bool, device=flat.device)
+        self.updates = 0  # optimiser steps taken (kept or not): the warmup's clock, as LambdaLR's
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.updates += 1
+        group = self.param_groups[0]
+        (flat,) = group["params"]
+        if flat.grad is None:
+            return loss
+        beta1, beta2 = group["betas"]
+        state = self.state[flat]
+        if not state:
+            state["step"] = torch.zeros(flat.shape[0], 1, device=flat.device)
+            state["exp_avg"] = torch.zeros_like(flat)
+            state["exp_avg_sq"] = torch.zeros_like(flat)
+        keep = self.keep[:, None]
+        grad = flat.grad
+        if self.max_grad_norm is not None:
+            norms = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+            grad = grad * (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        step = state["step"] + keep
+        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
+        lr = group["lr"] * min(1.0, self.updates / self.warmup_steps)
+        denom = exp_avg_sq.sqrt() / (1 - beta2**step).sqrt() + group["eps"]
+        updated = flat * (1 - lr * group["weight_decay"]) - lr / (1 - beta1**step) * exp_avg / denom
+        flat.copy_(torch.where(keep, updated, flat))
+        state["exp_avg"].copy_(torch.where(keep, exp_avg, state["exp_avg"]))
+        state["exp_avg_sq"].copy_(torch.where(keep, exp_avg_sq, state["exp_avg_sq"]))
+        state["step"].copy_(step)
+        return loss
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "updates": self.updates, "keep": self.keep.clone()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.updates = state_dict.pop("updates")
+        self.keep.copy_(state_dict.pop("keep"))
+        super().load_state_dict(state_dict)

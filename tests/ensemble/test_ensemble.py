@@ -1,0 +1,122 @@
+"""Ensembles: each member logs and ends as a solo run of its config would, members do not disturb each other,
+and `hydra/launcher=ensemble` turns a multirun into ensembles whose folders the analysis reads like any sweep.
+
+Tolerance: members and solo runs differ only in float rounding (batched matmuls under vmap, the stacked AdamW
+against torch's fused kernel), so logged losses agree to rel 1e-4 and accuracies to 1e-6 over these short runs.
+"""
+import pytest
+import torch
+
+from analysis import load_sweep
+from ensemble.members import Member
+from ensemble.run import run_ensemble
+from runtime.build import build
+from runtime.compose import compose_config
+from runtime.errors import ConfigError
+from tests.conftest import SMALL, launch_cli, metrics_rows, read_json
+
+MLP = ["data.p=23", "data.train_fraction=0.6", "trainer.max_steps=60"]
+TRANSFORMER = ["experiment=transformer_grok_cpu", "data.p=11", "model.d_model=32", "model.n_heads=2",
+               "trainer.max_steps=20", "trainer.val_check_interval=5", "trainer.log_every_n_steps=5"]
+LEARNS = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "trainer.max_steps=1500",
+          "trainer.val_check_interval=25", "trainer.log_every_n_steps=25", "callbacks.grokking_time.stop_after_steps=50"]
+
+
+def train_ensemble(tmp_path, common, per_member, name="ensemble"):
+    members = []
+    for index, own in enumerate(per_member):
+        out = tmp_path / name / str(index)
+        cfg = compose_config([*SMALL, *common, *own], output_dir=out)
+        loggers = [build(node, f"logger.{key}") for key, node in cfg.logger.items() if node]
+        members.append(Member(cfg, out, own, loggers))
+    return run_ensemble(members), [m.out for m in members]
+
+
+def logged(run_dir):
+    """{(step, metric): value} of every metric cell in a run's metrics.csv."""
+    return {(int(row["step"]), key): float(value) for row in metrics_rows(run_dir)
+            for key, value in row.items() if value and key not in ("step", "epoch")}
+
+
+def assert_same_run(member, member_dir, solo, solo_dir, rel=1e-4, acc=1e-6):
+    """Same rows, same metrics (losses within `rel`, accuracies within `acc`), same ending."""
+    theirs, ours = logged(solo_dir), logged(member_dir)
+    assert ours.keys() == theirs.keys()
+    for cell, value in theirs.items():
+        tolerance = dict(rel=0, abs=acc) if "acc" in cell[1] else dict(rel=0 if "grok" in cell[1] else rel)
+        assert ours[cell] == pytest.approx(value, **tolerance), cell
+    for key in ("status", "steps", "init_fingerprint", "grok", "grokked", "seed"):
+        assert member[key] == solo[key], key
+    for key, value in solo["final"].items():
+        assert member["final"][key] == pytest.approx(value, rel=rel, abs=acc), key
+
+
+@pytest.mark.parametrize("common", [MLP, TRANSFORMER], ids=["mlp", "transformer"])
+def test_every_member_logs_what_its_solo_run_logs(tmp_path, run_config, one_thread, common):
+    per_member = [["seed=0"], ["seed=1", "optimizer.weight_decay=0.3"], ["seed=2", "optimizer.lr=3e-3",
+                                                                          "optimizer.weight_decay=0.0"]]
+    summaries, dirs = train_ensemble(tmp_path, common, per_member)
+    for own, summary, member_dir in zip(per_member, summaries, dirs):
+        solo, solo_dir = run_config([*common, *own], name="solo_" + "_".join(own))
+        assert_same_run(summary, member_dir, solo, solo_dir)
+        assert summary["ensemble"]["size"] == 3 and (member_dir / "init.pt").is_file()
+        weights = torch.load(member_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        solo_weights = torch.load(solo_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        # saved under the solo names; loosely, as Adam turns rounding noise into lr-sized steps where the true
+        # gradient is 0 (the attention's key bias: softmax ignores a shift)
+        for name, tensor in weights.items():
+            assert (tensor - solo_weights[name]).norm() <= 1e-2 * solo_weights[name].norm() + 1e-6, name
+
+
+def test_a_diverging_member_stops_alone_and_keeps_its_last_good_weights(tmp_path, run_config, one_thread):
+    # init_scale 1e20 overflows the logits: the loss is NaN on the very first step
+    summaries, dirs = train_ensemble(tmp_path, MLP, [["seed=0"], ["seed=1", "init_scale=1e20"], ["seed=2"]])
+    bad = summaries[1]
+    assert bad["status"] == "diverged" and bad["steps"] == 0 and "at step 0" in bad["error"]
+    kept = torch.load(dirs[1] / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    init = torch.load(dirs[1] / "init.pt", weights_only=True)
+    assert all(torch.equal(kept[f"net.{name}"], tensor) for name, tensor in init.items())
+    assert not (dirs[1] / "metrics.csv").exists()  # it never finished a step, so it logged nothing
+    for index in (0, 2):
+        solo, solo_dir = run_config([*MLP, f"seed={index}"], name=f"solo{index}")
+        assert_same_run(summaries[index], dirs[index], solo, solo_dir)
+
+
+def test_a_grokked_member_stops_after_its_patience_while_the_others_go_on(tmp_path, run_config, one_thread):
+    fast, slow = ["optimizer.lr=3e-3"], ["optimizer.lr=1e-5", "seed=1"]
+    (grokked, still), (grokked_dir, still_dir) = train_ensemble(tmp_path, LEARNS, [fast, slow])
+    assert grokked["status"] == "stopped_after_grokking"
+    assert grokked["steps"] == grokked["grok"]["grok/val_acc_0.99_step"] + 50 < 1500
+    assert max(step for step, _ in logged(grokked_dir)) == grokked["steps"] - 1  # no row after it stopped
+    assert still["status"] == "completed" and still["steps"] == 1500 and not still["grokked"]
+    assert max(step for step, _ in logged(still_dir)) == 1499
+    solo, solo_dir = run_config([*LEARNS, *fast], name="solo_fast")
+    # over 1,400 steps rounding differences grow (two solo runs, fused and foreach AdamW, end 1% apart in val
+    # loss); the rows, the grokking steps and the ending stay exact
+    assert_same_run(grokked, grokked_dir, solo, solo_dir, rel=5e-2, acc=0.02)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("callbacks=diagnostics", "callbacks.grokking_curves"),
+    ("regularizer=spectral", "regularizer.spectral"),
+    ("ckpt_path=/tmp/x.ckpt", "ckpt_path"),
+])
+def test_what_an_ensemble_cannot_honour_is_refused_by_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train_ensemble(tmp_path, [override], [["seed=0"], ["seed=1"]])
+
+
+def test_launcher_packs_a_multirun_into_ensembles_the_analysis_reads(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = launch_cli(["-m", *SMALL, "data.p=11,13", "seed=0,1", "optimizer.weight_decay=0.5",
+                         "hydra/launcher=ensemble", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [read_json(sweep / str(job) / "summary.json") for job in range(4)]
+    assert [s["status"] for s in summaries] == ["completed"] * 4
+    assert [s["ensemble"]["size"] for s in summaries] == [2] * 4  # one ensemble per prime
+    for job, summary in enumerate(summaries):
+        assert (sweep / str(job) / ".hydra" / "overrides.yaml").is_file()
+        assert "optimizer.weight_decay=0.5" in summary["overrides"] and summary["steps"] == 40
+    table = load_sweep(sweep)
+    assert len(table) == 4 and set(table["status"]) == {"completed"}
+    assert sorted(zip(table["data.p"], table["seed"])) == [(11, 0), (11, 1), (13, 0), (13, 1)]

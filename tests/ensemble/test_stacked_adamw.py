@@ -1,0 +1,92 @@
+"""StackedAdamW against torch.optim.AdamW + clip_grad_norm_ run on each member alone (the solo recipe)."""
+import pytest
+import torch
+from torch import nn
+
+from ensemble.optimizer import StackedAdamW
+from ensemble.stacked import StackedNets
+from lightning_modules.optimization import AdamWRecipe
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(5, 7)
+        self.norm = nn.LayerNorm(7)
+        self.gate = nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.gate(self.norm(self.body(x)))
+
+    def no_weight_decay(self):
+        return {"gate.weight"}
+
+
+MEMBERS = [  # (seed, lr, weight decay, declared lr)
+    (0, 1e-2, 1.0, 3e-2),
+    (1, 3e-3, 0.0, 1e-3),
+    (2, 5e-2, 0.3, 5e-2),
+]
+
+
+def solo_trajectory(seed, lr, wd, declared_lr, x, y, steps, clip, fused):
+    torch.manual_seed(seed)
+    net = Tiny()
+    recipe = AdamWRecipe(lr=lr, weight_decay=wd, warmup_steps=3, declared_lr=declared_lr, fused=fused)
+    optimizer, scheduler = recipe.build(net)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def stacked_optimizer(nets, stacked, clip):
+    recipe_lr = torch.tensor([[m[1]] for m in MEMBERS])
+    declared = stacked.element_mask(nets[0].no_weight_decay())
+    exempt = stacked.element_mask({"body.bias", "norm.weight", "norm.bias", "gate.bias", "gate.weight"})
+    lr = torch.where(declared, torch.tensor([[m[3]] for m in MEMBERS]), recipe_lr)
+    wd = torch.where(exempt, 0.0, torch.tensor([[m[2]] for m in MEMBERS]))
+    return StackedAdamW(stacked.flat, lr, wd, betas=(0.9, 0.98), eps=1e-8, warmup_steps=3, max_grad_norm=clip)
+
+
+@pytest.mark.parametrize("clip", [1e9, 0.05])  # no clipping / every step clipped
+def test_each_member_follows_its_solo_adamw(clip):
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    nets = []
+    for seed, *_ in MEMBERS:
+        torch.manual_seed(seed)
+        nets.append(Tiny())
+    stacked = StackedNets(nets)
+    optimizer = stacked_optimizer(nets, stacked, clip)
+    for _ in range(25):
+        logits = stacked.vmap(lambda row, x: stacked.call(row, x), x, in_dims=(None,))
+        losses = nn.functional.cross_entropy(logits.transpose(1, 2), y.expand(len(MEMBERS), -1), reduction="none")
+        optimizer.zero_grad()
+        losses.mean(1).sum().backward()
+        optimizer.step()
+    for index, (seed, lr, wd, declared_lr) in enumerate(MEMBERS):
+        for fused in (False, True):
+            solo = solo_trajectory(seed, lr, wd, declared_lr, x, y, 25, clip, fused)
+            torch.testing.assert_close(stacked.flat[index].detach(), solo, rtol=1e-5, atol=1e-6)
+
+
+def test_a_member_not_kept_is_left_exactly_as_it_was():
+    nets = [Tiny() for _ in MEMBERS]
+    stacked = StackedNets(nets)
+    optimizer = stacked_optimizer(nets, stacked, 1.0)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    logits = stacked.vmap(lambda row, x: stacked.call(row, x), x, in_dims=(None,))
+    before = stacked.flat.detach().clone()
+    losses = nn.functional.cross_entropy(logits.transpose(1, 2), y.expand(3, -1), reduction="none").mean(1)
+    losses = losses * torch.tensor([1.0, float("nan"), 1.0])  # member 1's loss is NaN: so are its gradients
+    losses.sum().backward()
+    optimizer.keep = torch.tensor([True, False, True])
+    optimizer.step()
+    assert torch.equal(stacked.flat[1], before[1])
+    assert optimizer.state[stacked.flat]["step"].flatten().tolist() == [1.0, 0.0, 1.0]
+    assert torch.isfinite(stacked.flat).all()
+    assert not torch.equal(stacked.flat[0], before[0]) and not torch.equal(stacked.flat[2], before[2])
