@@ -119,7 +119,8 @@ class GrokkingModule(pl.LightningModule):
         return None if self.cuda_graph else result.total
 
     def log_train_metrics(self, result: StepResult, batch: Batch) -> None:
-        metrics = {"train/loss": result.task_loss, "train/acc": self.train_acc(result.answer_logits, self.answers(batch))}
+        accuracy = self.train_acc(result.answer_logits, self.answers(batch))
+        metrics = {"train/loss": result.task_loss, "train/acc": accuracy}
         if self.regularizers:
             metrics |= {"train/task_loss": result.task_loss, "train/total_loss": result.total}
             metrics |= {f"train/reg/{name}": term for name, term in result.terms.items()}
@@ -197,7 +198,11 @@ class GrokkingModule(pl.LightningModule):
         self._eval_step("test", batch)
 
     def configure_optimizers(self):
-        optimizer, scheduler = self.recipe.build(self.net, graphed=self.cuda_graph)
+        # Lightning's mixed-precision plugin refuses to clip the gradients of an optimiser that unscales them
+        # itself (a fused one): there, the torch default (foreach) AdamW is used, with a per-step NaN check
+        mixed_and_clipped = "mixed" in str(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
+        optimizer, scheduler = self.recipe.build(self.net, graphed=self.cuda_graph,
+                                                 fused=False if mixed_and_clipped else None)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @torch.no_grad()

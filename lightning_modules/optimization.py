@@ -62,15 +62,17 @@ class AdamWRecipe:
                     groups.append({"name": prefix + name, "params": chosen, "weight_decay": wd, "lr": lr})
         return groups
 
-    def build(self, net: nn.Module, graphed: bool = False
+    def build(self, net: nn.Module, graphed: bool = False, fused: bool | None = None
               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        """graphed: an AdamW whose update can be captured in a CUDA graph (`lightning_modules.cuda_graph`)."""
+        """graphed: an AdamW whose update can be captured in a CUDA graph (`lightning_modules.cuda_graph`).
+        fused: overrides `self.fused` (the module turns it off where Lightning cannot clip a fused optimiser)."""
+        fused = self.fused if fused is None else fused
         if graphed:
             optimizer = GraphedAdamW(self.param_groups(net), lr=self.lr, betas=self.betas, eps=self.eps, fused=True,
                                      capturable=True)
         else:
             optimizer = torch.optim.AdamW(self.param_groups(net), lr=self.lr, betas=self.betas, eps=self.eps,
-                                          fused=self.fused or None)
+                                          fused=fused or None)
         warmup = max(self.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return optimizer, scheduler

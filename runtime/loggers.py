@@ -95,8 +95,8 @@ def wandb_identity(loggers: Iterable[Logger]) -> dict[str, Any] | None:
 
 
 def finish_wandb(loggers: Iterable[Logger]) -> None:
-    """End the W&B run so the next job of a multirun starts its own."""
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
-
-        wandb.finish()
+    """End each logger's own W&B run (several are open at once in an ensemble), so the next job starts its own."""
+    for logger in loggers:
+        # `experiment` would start a run that never began; `_experiment` is the run, if any
+        if isinstance(logger, WandbLogger) and (run := getattr(logger, "_experiment", None)) is not None:
+            run.finish()

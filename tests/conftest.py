@@ -63,6 +63,16 @@ def assert_same_final_metrics(resumed, straight):
         assert resumed["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
 
 
+def assert_resume_ends_as_straight_run(run_config, overrides, steps, stop_at):
+    """Train `steps` straight, and `stop_at` steps then resumed from that run's last.ckpt to `steps`: same end."""
+    straight, _ = run_config([*overrides, f"trainer.max_steps={steps}"], name="straight")
+    _, first = run_config([*overrides, f"trainer.max_steps={stop_at}"], name="first")
+    resumed, _ = run_config([*overrides, f"trainer.max_steps={steps}", f"ckpt_path={first}/checkpoints/last.ckpt"],
+                            name="resumed")
+    assert resumed["steps"] == straight["steps"] == steps
+    assert_same_final_metrics(resumed, straight)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: one thread beats two, by far on a busy machine (threads spin waiting for each other)."""

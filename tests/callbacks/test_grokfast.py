@@ -8,7 +8,7 @@ import torch
 
 from callbacks.grokfast import Grokfast, ema_filter, ma_filter
 from runtime.errors import ConfigError
-from tests.conftest import assert_same_final_metrics
+from tests.conftest import assert_resume_ends_as_straight_run
 
 G = torch.tensor([0.5, -2.0, 3.0])
 
@@ -183,12 +183,7 @@ def test_resume_with_a_moving_average_filter_matches_an_uninterrupted_run(run_co
     grokfast = ["+callbacks.grokfast._target_=callbacks.grokfast.Grokfast", "+callbacks.grokfast.filter=ma",
                 "+callbacks.grokfast.window_size=6"]
     # the window is full when the first run stops at 12: a resume that lost it would warm up again
-    straight, _ = run_config([*grokfast, "trainer.max_steps=24"], name="straight")
-    _, first = run_config([*grokfast, "trainer.max_steps=12"], name="first")
-    resumed, _ = run_config([*grokfast, "trainer.max_steps=24", f"ckpt_path={first}/checkpoints/last.ckpt"],
-                            name="resumed")
-    assert resumed["steps"] == straight["steps"] == 24
-    assert_same_final_metrics(resumed, straight)
+    assert_resume_ends_as_straight_run(run_config, grokfast, steps=24, stop_at=12)
 
 
 def test_grokfast_reaches_095_in_fewer_steps_from_the_same_init(run_config):

@@ -120,3 +120,17 @@ def test_launcher_packs_a_multirun_into_ensembles_the_analysis_reads(tmp_path):
     table = load_sweep(sweep)
     assert len(table) == 4 and set(table["status"]) == {"completed"}
     assert sorted(zip(table["data.p"], table["seed"])) == [(11, 0), (11, 1), (13, 0), (13, 1)]
+
+
+def test_ensemble_members_are_their_own_wandb_runs_in_the_sweep_group(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no W&B credentials: offline
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    result = launch_cli(["-m", *SMALL, "logger=wandb", "seed=0,1", "hydra/launcher=ensemble",
+                         f"hydra.sweep.dir={tmp_path}/lam"], cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [read_json(tmp_path / "lam" / str(job) / "summary.json")["wandb"] for job in (0, 1)]
+    assert runs[0]["id"] != runs[1]["id"] and runs[0]["group"] == runs[1]["group"] == "mlp_grok/lam"
+    assert "seed=0" in runs[0]["tags"] and "seed=1" in runs[1]["tags"]
+    for job in (0, 1):  # one offline W&B run per member, each ended
+        (offline,) = (tmp_path / "lam" / str(job) / "wandb").glob("offline-run-*")
+        assert any(offline.glob("*.wandb"))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import SMALL, assert_same_final_metrics, launch_cli, metrics_rows, read_json
+from tests.conftest import SMALL, assert_resume_ends_as_straight_run, launch_cli, metrics_rows, read_json
 from tests.ensemble.test_ensemble import logged, train_ensemble
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -38,13 +38,8 @@ def test_each_family_runs_to_a_complete_summary_on_cuda(run_config, family):
 
 
 def test_resume_on_cuda_ends_on_the_uninterrupted_metrics(run_config):
-    common = [*GPU, "callbacks.checkpoint.every_n_train_steps=50"]
-    straight, _ = run_config([*common, "trainer.max_steps=100"], name="straight")
-    _, first = run_config([*common, "trainer.max_steps=50"], name="first")
-    resumed, _ = run_config([*common, "trainer.max_steps=100", f"ckpt_path={first}/checkpoints/last.ckpt"],
-                            name="resumed")
-    assert resumed["steps"] == straight["steps"] == 100
-    assert_same_final_metrics(resumed, straight)
+    assert_resume_ends_as_straight_run(run_config, [*GPU, "callbacks.checkpoint.every_n_train_steps=50"],
+                                       steps=100, stop_at=50)
 
 
 def test_a_two_job_multirun_on_cuda(tmp_path):
