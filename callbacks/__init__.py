@@ -2,9 +2,9 @@
 (gates, routing, fourier, curvature, optimizer_stats, weight_norms, attention, grokking_curves) are imported from
 their own modules by the `callbacks` configs."""
 from callbacks.finite_loss import FiniteLossGuard
-from runtime.errors import NonFiniteLossError
 from callbacks.grokking_time import GrokkingTime
 from callbacks.progress import StepProgressBar
 from callbacks.temperature import TemperatureAnnealing
+from runtime.errors import NonFiniteLossError
 
 __all__ = ["FiniteLossGuard", "GrokkingTime", "NonFiniteLossError", "StepProgressBar", "TemperatureAnnealing"]

@@ -13,8 +13,8 @@ from callbacks import GrokkingTime
 from runtime.errors import ConfigError
 
 # What members of one ensemble may differ in: all of it acts through the initial weights or per-member numbers.
+# (and each `regularizer.<name>.weight`, see packable_keys)
 PACKABLE = ("seed", "init_scale", "init_from", "optimizer.lr", "optimizer.weight_decay", "optimizer.declared_lr")
-PACKABLE_PATTERN = "regularizer.<name>.weight"
 # What a solo run of the config would use that an ensemble also honours (anything else must be off).
 SUPPORTED_CALLBACKS = ("grokking_time", "checkpoint", "progress", "finite_loss")
 
