@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, as for launch.py")
     args = parser.parse_args()
     common = [f"trainer.max_steps={args.steps}", "callbacks.grokking_time.stop_after_steps=null",
-              "+callbacks.step_timer._target_=bench.overhead.StepTimer", f"+callbacks.step_timer.warmup={args.steps // 10}",
+              "+callbacks.step_timer._target_=bench.overhead.StepTimer",
+              f"+callbacks.step_timer.warmup={args.steps // 10}",
               *args.overrides]
     configs = {name: compose_config([f"callbacks={name}", *common], output_dir=tempfile.gettempdir())
                for name in ("default", "diagnostics")}

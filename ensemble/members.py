@@ -40,8 +40,9 @@ def check_supported(cfg: DictConfig) -> None:
     """Refuse, by key, the settings an ensemble cannot honour."""
     for name, node in (cfg.get("callbacks") or {}).items():
         if node and name not in SUPPORTED_CALLBACKS:
+            supported = ", ".join(SUPPORTED_CALLBACKS)
             raise ConfigError(f"callbacks.{name}", node.get("_target_"),
-                              f"null in an ensemble (hydra/launcher=ensemble supports {', '.join(SUPPORTED_CALLBACKS)})")
+                              f"null in an ensemble (hydra/launcher=ensemble supports {supported})")
     if cfg.get("ckpt_path"):
         raise ConfigError("ckpt_path", cfg.ckpt_path, "null in an ensemble (members start from their initial weights)")
     trainer = cfg.trainer

@@ -37,8 +37,7 @@ class EnsembleModule(pl.LightningModule):
         """members: the host-side records (`ensemble.members.Member`), one per net, told every measurement.
         checkpoint_every: write each training member's weights every this many steps (null = only at the end)."""
         super().__init__()
-        self.automatic_optimization = True
-        self.members = StackedNets(nets)
+        self.stacked = StackedNets(nets)
         self.spec, self.recipes, self.max_grad_norm = spec, list(recipes), max_grad_norm
         self.checkpoint_every = checkpoint_every
         self.records = list(members)
@@ -61,7 +60,7 @@ class EnsembleModule(pl.LightningModule):
 
     def member_step(self, row: Tensor, weights: dict[str, Tensor], batch: Batch, with_structure: bool):
         """One member's training step (inside vmap): total loss and the metrics a solo run logs."""
-        output = self.members.call(row, batch.inputs)
+        output = self.stacked.call(row, batch.inputs)
         loss, answer_logits = task_loss(output, batch, self.spec.answer_position)
         terms = {name: reg(output) for name, reg in self.regularizers.items()}
         total = loss
@@ -78,14 +77,13 @@ class EnsembleModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         log = is_log_step(self.global_step + 1, self.trainer)
-        total, metrics = self.members.vmap(lambda row, w, b: self.member_step(row, w, b, log),
+        total, metrics = self.stacked.vmap(lambda row, w, b: self.member_step(row, w, b, log),
                                            self.reg_weights(), batch, in_dims=(0, None))
         finite = torch.isfinite(total)
         newly_bad = self.active & ~finite
         self.first_bad.copy_(torch.where(newly_bad, self.global_step, self.first_bad))
         self.bad_value.copy_(torch.where(newly_bad, total.detach().float(), self.bad_value))
-        self.active &= finite
-        self.optimizers().optimizer.keep = self.active  # read when the update runs, after this closure
+        self.active &= finite  # the optimiser's `keep`: read when the update runs, after this closure
         self._train_metrics = metrics if log else None
         return torch.where(finite, total, 0).sum()
 
@@ -102,7 +100,7 @@ class EnsembleModule(pl.LightningModule):
         if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
             for index, record in enumerate(self.records):
                 if record.training:
-                    record.save_weights(self.members.member_state(index), self.global_step, {"index": index})
+                    record.save_weights(self.stacked.member_state(index), self.global_step, {"index": index})
 
     def report_health(self) -> None:
         """Tell each record whether its member diverged, and at which step (one host read)."""
@@ -119,15 +117,16 @@ class EnsembleModule(pl.LightningModule):
             self.trainer.should_stop = True
 
     def configure_optimizers(self) -> StackedAdamW:
-        recipes, flat = self.recipes, self.members.flat
+        recipes, flat = self.recipes, self.stacked.flat
         column = lambda values: torch.tensor(values, dtype=flat.dtype, device=flat.device)[:, None]  # noqa: E731
         lr = column([r.lr for r in recipes])
         declared_lr = column([r.declared_lr if r.declared_lr is not None else r.lr for r in recipes])
-        lr = torch.where(self.members.element_mask(self._declared), declared_lr, lr)
-        weight_decay = torch.where(self.members.element_mask(self._exempt), 0.0,
+        lr = torch.where(self.stacked.element_mask(self._declared), declared_lr, lr)
+        weight_decay = torch.where(self.stacked.element_mask(self._exempt), 0.0,
                                    column([r.weight_decay for r in recipes]))
         first = recipes[0]
-        return StackedAdamW(flat, lr, weight_decay, first.betas, first.eps, first.warmup_steps, self.max_grad_norm)
+        return StackedAdamW(flat, lr, weight_decay, first.betas, first.eps, first.warmup_steps, self.max_grad_norm,
+                            keep=self.active)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         if batch.inputs.device == device:  # served from on-device tensors (datamodules.loaders)
@@ -143,11 +142,11 @@ class EnsembleModule(pl.LightningModule):
         in_group = [(batch.group == g).float() for g in self.groups]
 
         def member(row: Tensor, batch: Batch) -> Tensor:
-            loss, answer_logits = task_loss(self.members.call(row, batch.inputs), batch, self.spec.answer_position)
+            loss, answer_logits = task_loss(self.stacked.call(row, batch.inputs), batch, self.spec.answer_position)
             correct = (answer_logits.argmax(-1) == answers).float()
             return torch.stack([loss, correct.sum(), *((correct * mask).sum() for mask in in_group)])
 
-        per_member = self.members.vmap(member, batch, in_dims=(None,))  # (E, 2 + G)
+        per_member = self.stacked.vmap(member, batch, in_dims=(None,))  # (E, 2 + G)
         weight = batch.loss_mask.sum()
         shared = torch.stack([weight, torch.tensor(float(len(answers)), device=weight.device),
                               *(mask.sum() for mask in in_group)])
@@ -161,7 +160,7 @@ class EnsembleModule(pl.LightningModule):
         """Per member, loss and accuracy (and accuracy per operation) of the current weights on one whole split."""
         was_training = self.training
         self.eval()
-        device = self.members.flat.device
+        device = self.stacked.flat.device
         sums = self.eval_sums(Batch(*(t.to(device) for t in batch))).tolist()
         self.train(was_training)
         return [self.eval_metrics(row) for row in sums]

@@ -7,7 +7,7 @@ Member e, element j steps as torch.optim.AdamW (decoupled weight decay) would wi
   `clip_grad_norm_` on a solo net);
 - the linear warmup of `AdamWRecipe` (factor min(1, t / warmup_steps) at update t).
 A member whose `keep` entry is False this step (diverged, or stopped after grokking) is left exactly as it was:
-weights, moments and step count. `keep` is set by the module before each step, as GradScaler sets `found_inf`.
+weights, moments and step count. The module owns `keep` (its `active` mask) and updates it in place.
 """
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ from torch import Tensor
 
 class StackedAdamW(torch.optim.Optimizer):
     def __init__(self, flat: Tensor, lr: Tensor, weight_decay: Tensor, betas: tuple[float, float], eps: float,
-                 warmup_steps: int = 0, max_grad_norm: float | None = None):
-        """lr, weight_decay: (E, P) per member and element (broadcastable shapes are expanded)."""
+                 warmup_steps: int = 0, max_grad_norm: float | None = None, keep: Tensor | None = None):
+        """lr, weight_decay: (E, P) per member and element (broadcastable shapes are expanded).
+        keep: (E,) bool, the members that step; the caller may update it in place between steps."""
         shape = flat.shape
         super().__init__([flat], {"lr": lr.expand(shape).clone(), "weight_decay": weight_decay.expand(shape).clone(),
                                   "betas": tuple(betas), "eps": eps})
         self.warmup_steps, self.max_grad_norm = max(warmup_steps, 1), max_grad_norm
-        self.keep = torch.ones(shape[0], dtype=torch.bool, device=flat.device)
+        self.keep = torch.ones(shape[0], dtype=torch.bool, device=flat.device) if keep is None else keep
         self.updates = 0  # optimiser steps taken (kept or not): the warmup's clock, as LambdaLR's
 
     @torch.no_grad()

@@ -116,7 +116,7 @@ def run_ensemble(members: Sequence[Member], callbacks: Sequence[Callback] = ()) 
 
 def finish_members(module: EnsembleModule, datamodule, members: Sequence[Member]) -> None:
     """Final metrics on the final (or frozen) weights, the test split, weights on disk; a member's summary."""
-    device = module.members.flat.device
+    device = module.stacked.flat.device
     final: list[dict[str, float]] = [{} for _ in members]
     for split, batch in datamodule.splits.items():
         if not len(batch.targets):
@@ -127,6 +127,6 @@ def finish_members(module: EnsembleModule, datamodule, members: Sequence[Member]
                 members[index].log({f"test/{k}": v for k, v in metrics.items()}, members[index].steps, epoch=1)
     ensemble = {"size": len(members), "device": str(device)}
     for index, member in enumerate(members):
-        member.save_weights(module.members.member_state(index), member.steps, ensemble | {"index": index})
+        member.save_weights(module.stacked.member_state(index), member.steps, ensemble | {"index": index})
         member.summary |= {"device": str(device), "final": final[index], **grok_summary(member.grok),
                            "checkpoints": ["checkpoints/last.ckpt"], "ensemble": ensemble | {"index": index}}

@@ -41,10 +41,6 @@ class StackedNets(nn.Module):
         # the architecture without weights: functional_call supplies them (kept out of this module's parameters)
         self.__dict__["template"] = copy.deepcopy(template).to("meta")
 
-    @property
-    def size(self) -> int:
-        return self.flat.shape[0]
-
     def unflatten(self, row: Tensor) -> dict[str, Tensor]:
         """One member's (P,) row as {parameter name: view of its shape}."""
         return {name: part.view(shape)

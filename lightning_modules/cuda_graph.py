@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from nets.output import NetOutput
-from runtime.errors import require
+from runtime.errors import ConfigError, require
 
 # hooks through which a callback would act inside the step, where replays cannot see it
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
@@ -123,5 +123,6 @@ def check_graphable(trainer) -> None:
         if getattr(callback, "cuda_graph_safe", False):
             continue
         acting = [hook for hook in STEP_HOOKS if getattr(type(callback), hook) is not getattr(Callback, hook)]
-        require(not acting, key, True, f"false with {type(callback).__name__}, which acts inside each step ({acting[0]})"
-                if acting else "")
+        if acting:
+            raise ConfigError(key, True, f"false with {type(callback).__name__}, which acts inside each step "
+                                         f"({acting[0]})")

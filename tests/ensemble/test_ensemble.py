@@ -19,7 +19,8 @@ MLP = ["data.p=23", "data.train_fraction=0.6", "trainer.max_steps=60"]
 TRANSFORMER = ["experiment=transformer_grok_cpu", "data.p=11", "model.d_model=32", "model.n_heads=2",
                "trainer.max_steps=20", "trainer.val_check_interval=5", "trainer.log_every_n_steps=5"]
 LEARNS = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "trainer.max_steps=1500",
-          "trainer.val_check_interval=25", "trainer.log_every_n_steps=25", "callbacks.grokking_time.stop_after_steps=50"]
+          "trainer.val_check_interval=25", "trainer.log_every_n_steps=25",
+          "callbacks.grokking_time.stop_after_steps=50"]
 
 
 def train_ensemble(tmp_path, common, per_member, name="ensemble"):
