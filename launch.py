@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,21 +15,26 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks import GrokkingTime, NonFiniteLossError
+from callbacks import GrokkingTime, NonFiniteLossError, RunCheckpoint
 from runtime.build import build, build_net, configure_torch
-from runtime.errors import ConfigError, require
+from runtime.checks import check_run_settings
+from runtime.csv_logger import RunCSVLogger
+from runtime.errors import ConfigError, RunInterrupted
 from runtime.init import prepare_init
 from runtime.loggers import wandb_identity
+from runtime.override_check import unknown_key_message
 from runtime.quiet import quiet_library_noise
-from runtime.summary import close_summary, grok_summary, read_summary
-
-FINISHED = ("completed", "stopped_after_grokking")  # statuses `resume=true` skips
-
+from runtime.resume import check_same_model, read_checkpoint, starting_point
+from runtime.run_dir import register_resolvers
+from runtime.signals import stop_request
+from runtime.summary import close_summary, grok_summary
 
 def overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -38,46 +45,53 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report = print if rank_zero_only.rank == 0 else (lambda *a, **k: None)  # DDP: only the main process speaks
-    report(f"[grokking-lab] run folder: {out}", flush=True)
+    say = lambda line: report(f"[grokking-lab] {line}", flush=True)  # noqa: E731
+    say(f"run folder: {out}")
     started = time.time()
     quiet_library_noise()
     summary: dict[str, Any] = {"status": "failed", "experiment": cfg.get("name"), "seed": cfg.seed,
                                "overrides": overrides(), "run_dir": str(out)}
     loggers: list = []
-    ckpt_path = cfg.ckpt_path
-    if cfg.get("resume"):
-        previous = read_summary(out)
-        if previous.get("status") in FINISHED:
-            report(f"[grokking-lab] resume: already {previous['status']}, skipped: {out}", flush=True)
-            return previous
-        last = out / "checkpoints" / "last.ckpt"
-        if ckpt_path is None and last.is_file():
-            ckpt_path = str(last)
-            report(f"[grokking-lab] resume: continuing from {last}", flush=True)
-            if "init_fingerprint" in previous:  # the weights it started from are still those
-                summary["init_fingerprint"] = previous["init_fingerprint"]
+    trainer: pl.Trainer | None = None
+    grok: GrokkingTime | None = None
+    ckpt_path, finished = starting_point(out, cfg.ckpt_path, bool(cfg.get("resume")), say)
+    if finished is not None:
+        return finished
+    stop_request.install()
     try:
-        require(isinstance(cfg.seed, int), "seed", cfg.seed, "an integer")
-        require(ckpt_path is None or Path(ckpt_path).is_file(), "ckpt_path", ckpt_path,
-                "null or the path of an existing checkpoint file")
+        check_run_settings(cfg)
+        checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
+        start_step = checkpoint["global_step"] if checkpoint else 0
         configure_torch(cfg)
         datamodule = build(cfg.data, "data")
         pl.seed_everything(cfg.seed, workers=False, verbose=False)  # the model-init seed, apart from the split's
         net = build_net(cfg.model, datamodule.spec)
-        if ckpt_path is None:  # a resumed run takes its weights from the checkpoint
+        if checkpoint is None:  # a resumed run takes its weights from the checkpoint
             summary["init_fingerprint"] = prepare_init(net, out, cfg.get("init_from"), cfg.get("init_scale", 1.0))
+        elif "init_fingerprint" in checkpoint:
+            summary["init_fingerprint"] = checkpoint["init_fingerprint"]
         # objects are passed after instantiation: Hydra would turn dataclass arguments into configs
         make_module = build(cfg.module, "module", _partial_=True)
         graphed = bool(cfg.module.get("cuda_graph"))
         module = make_module(net=net, spec=datamodule.spec, optimizer=build(cfg.optimizer, "optimizer"),
                              regularizers=build(cfg.regularizer, "regularizer"),
                              **({"clip_grad_norm": cfg.trainer.get("gradient_clip_val")} if graphed else {}))
+        if checkpoint is not None:
+            check_same_model(checkpoint, module, ckpt_path)
+            del checkpoint  # Lightning reads it again, whole
+            summary["resumed_from_step"] = start_step
         callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node]
         loggers = [build(node, f"logger.{name}") for name, node in (cfg.logger or {}).items() if node]
+        for logger in loggers:
+            if isinstance(logger, RunCSVLogger):
+                logger.keep_steps_before(start_step)  # rows past the checkpoint are logged again
         grok = next((c for c in callbacks if isinstance(c, GrokkingTime)), None)
+        for callback in callbacks:
+            if isinstance(callback, RunCheckpoint):
+                callback.init_fingerprint = summary.get("init_fingerprint")
         # a captured step clips inside its graph (the module got the value); the trainer must not clip again
-        trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                                    default_root_dir=str(out), **({"gradient_clip_val": None} if graphed else {}))
+        trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                        default_root_dir=str(out), **({"gradient_clip_val": None} if graphed else {}))
         summary["device"] = str(trainer.strategy.root_device)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -86,40 +100,79 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary["status"] = "running"
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            if trainer.interrupted:
-                summary["status"] = "interrupted"
-            else:
-                early = grok is not None and trainer.should_stop and trainer.global_step < trainer.max_steps
-                summary["status"] = "stopped_after_grokking" if early else "completed"
-                trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
-                if datamodule.has_test:
-                    trainer.test(module, datamodule=datamodule, verbose=False)
+            early = grok is not None and trainer.should_stop and trainer.global_step < trainer.max_steps
+            summary["status"] = "stopped_after_grokking" if early else "completed"
             summary["steps"] = trainer.global_step
+            if datamodule.has_test:
+                trainer.test(module, datamodule=datamodule, verbose=False)
         except NonFiniteLossError as err:  # the weights are those after the last good step
             summary |= {"status": "diverged", "error": str(err), "steps": err.step}
-            report(f"[grokking-lab] diverged: {err}; the last good checkpoint is kept", file=sys.stderr)
+            summary |= keep_diverged_weights(trainer, module, out, err, say)
         module.to(trainer.strategy.root_device)  # `fit` leaves it on the CPU; evaluate where it trained
-        summary["final"] = {
+        summary["final"] = finite_or_null({
             f"{split}/{name}": value
             for split, batch in datamodule.splits.items() if len(batch.targets)
             for name, value in module.evaluate(batch).items()
-        }
+        })
         summary |= grok_summary(grok)
-        summary["checkpoints"] = sorted(str(p.relative_to(out)) for p in (out / "checkpoints").glob("*.ckpt"))
     except BaseException as err:  # keep what was written; record why the run ended
         if summary["status"] in ("failed", "running"):
-            summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            summary["error"] = f"{type(err).__name__}: {err}"
+            stopped = stop_request.signum or (signal.SIGINT if isinstance(err, KeyboardInterrupt) else None)
+            if stopped is not None or isinstance(err, SIGTERMException):
+                summary |= {"status": "interrupted", "signal": signal.Signals(stopped or signal.SIGTERM).name}
+                if trainer is not None:
+                    summary["steps"] = trainer.global_step
+                    summary |= grok_summary(grok)
+            else:
+                summary["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
+        stop_request.restore()
+        summary["checkpoints"] = sorted(str(p.relative_to(out)) for p in (out / "checkpoints").glob("*.*")
+                                        if p.suffix in (".ckpt", ".pt"))
+        if "steps" in summary:
+            summary["session_steps"] = summary["steps"] - summary.get("resumed_from_step", 0)
         wall = close_summary(out, summary, loggers, started, write=rank_zero_only.rank == 0)
-        report(f"[grokking-lab] {summary['status']} after {summary.get('steps', 0)} steps in {wall:.1f} s; "
-              f"outputs in {out}", flush=True)
+        say(f"{summary['status']} after {summary.get('steps', 0)} steps in {wall:.1f} s; outputs in {out}")
     return summary
+
+
+def finite_or_null(metrics: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: a non-finite value is written as null (and named under `non_finite`)."""
+    values = {key: float(value) for key, value in metrics.items()}
+    bad = [key for key, value in values.items() if not math.isfinite(value)]
+    return {key: (None if key in bad else value) for key, value in values.items()} | (
+        {"non_finite": bad} if bad else {})
+
+
+def keep_diverged_weights(trainer: pl.Trainer, module: pl.LightningModule, out: Path, err: NonFiniteLossError,
+                          say) -> dict[str, Any]:
+    """After a non-finite loss the net holds the weights after the last good step: save them when finite."""
+    finite = all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point())
+    last = out / "checkpoints" / "last.ckpt"
+    if finite:
+        path = out / "checkpoints" / "last_finite.pt"
+        path.parent.mkdir(exist_ok=True)
+        torch.save(module.net.state_dict(), path)  # the net's weights, as init.pt: usable as init_from
+        say(f"{path.relative_to(out)} holds the weights after step {err.step}, the last finite ones"
+            + ("; checkpoints/last.ckpt is the last state to resume from" if last.is_file() else ""))
+        return {"last_finite_weights": str(path.relative_to(out))}
+    say("the weights are not finite; "
+        + ("checkpoints/last.ckpt holds the last checkpointed ones" if last.is_file() else
+           "no checkpoint was written before; init.pt holds the initial weights"))
+    return {"last_finite_weights": str(last.relative_to(out)) if last.is_file() else None}
 
 
 class JobFailed(Exception):
     """One job of a multirun failed (its summary.json says why); the sweep's other jobs still run."""
+
+
+def fail(message: str) -> None:
+    """End this job with `message`: a multirun records it as failed and goes on; a single run exits 1."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        print(message, file=sys.stderr, flush=True)
+        raise JobFailed(message)  # an ordinary exception: Hydra records the job as failed and runs the others
+    raise SystemExit(message)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -127,14 +180,19 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = run(cfg)
     except ConfigError as err:
-        message = f"[grokking-lab] error: {err}"
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            # an ordinary exception: Hydra records this job as failed and goes on with the others
-            print(message, file=sys.stderr, flush=True)
-            raise JobFailed(message) from None
-        raise SystemExit(message) from None
+        fail(f"[grokking-lab] error: {err}")
+    except RunInterrupted as err:  # a stop signal ends the whole launch (a sweep too), as the shell expects
+        raise SystemExit(128 + err.signum) from None
+    except SIGTERMException:
+        raise SystemExit(128 + signal.SIGTERM) from None
+    if summary["status"] == "diverged":
+        fail(f"[grokking-lab] diverged: {summary['error']}")
     return summary.get("final", {}).get("val/acc")
 
 
+register_resolvers()  # ${unique_dir:...} in the run and sweep folder names
+
 if __name__ == "__main__":
+    if (message := unknown_key_message(sys.argv[1:])) is not None:  # a typo: one line, not Hydra's six
+        raise SystemExit(f"[grokking-lab] error: {message}")
     main()

@@ -1,16 +1,19 @@
 """`python -m analysis <run or sweep folder> [--out DIR] [--grok-key KEY] [--metric NAME]`
 
 Prints the sweep table (Markdown) and the files written: table.csv, table.md and the figures, into
-`<folder>/analysis/` unless --out says otherwise. A bad path or key is one line on stderr and exit code 1.
+`<folder>/analysis/` unless --out says otherwise. A bad path or key is one line on stderr and exit code 1; a damaged
+run file (cut short by a kill, mixed rows) is one warning line on stderr, and the analysis goes on.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from analysis.curves import curves_of
 from analysis.plots import DEFAULT_GROK_KEY, write_plots
+from analysis.runs import logger
 from analysis.sweep import find_jobs
 from analysis.table import sweep_table, to_markdown, write_table
 from runtime.errors import ConfigError, require
@@ -27,6 +30,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # damaged run files are reported through the `analysis` logger: here, as plain warning lines on stderr
+    warning_lines = logging.StreamHandler(sys.stderr)
+    warning_lines.setFormatter(logging.Formatter("[grokking-lab] warning: %(message)s"))
+    logger.addHandler(warning_lines)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        return analyse(args)
+    finally:
+        logger.removeHandler(warning_lines)
+        logger.propagate = propagate
+
+
+def analyse(args: argparse.Namespace) -> int:
     try:
         jobs = find_jobs(args.path)
         table = sweep_table(jobs, args.path)

@@ -13,9 +13,9 @@ from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from analysis.runs import RUN_FILES, Run, is_run_dir, load_run, parse_overrides
+from analysis.runs import RUN_FILES, YAML_ERRORS, Run, is_run_dir, load_run, parse_overrides, read_yaml
 from runtime.errors import require
 
 STATUS_MISSING = "missing"  # planned by Hydra, but its folder is absent or empty
@@ -84,7 +84,10 @@ def relative_name(path: Path, root: Path) -> str:
 def _job_number(run_dir: Path) -> int | None:
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     if hydra_file.is_file():
-        number = OmegaConf.load(hydra_file).hydra.job.get("num")
+        try:
+            number = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.job.num")
+        except YAML_ERRORS:  # damaged: load_run reports it; the folder's name still tells the number
+            number = None
         if isinstance(number, int):
             return number
     return int(run_dir.name) if run_dir.name.isdigit() else None
@@ -93,13 +96,15 @@ def _job_number(run_dir: Path) -> int | None:
 def planned_overrides(multirun_file: Path) -> list[list[str]] | None:
     """Each planned job's overrides, in job-number order; None when the sweep cannot be re-expanded here
     (another sweeper, or a sweep such as glob() that needs the config loader)."""
-    config = OmegaConf.load(multirun_file)
-    sweeper = config.hydra.get("sweeper") or {}
-    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    config = read_yaml(multirun_file)  # damaged (reported): the job folders alone make the rows
+    if not isinstance(config, DictConfig):
         return None
-    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
-    arguments = list(config.hydra.overrides.task)
+    sweeper = OmegaConf.select(config, "hydra.sweeper")
+    if not isinstance(sweeper, DictConfig) or not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
     try:
+        params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+        arguments = list(OmegaConf.select(config, "hydra.overrides.task") or [])
         overrides = OverridesParser.create().parse_overrides(params + arguments)
         batches = BasicSweeper.split_arguments(overrides, None)
     except Exception:

@@ -10,8 +10,8 @@ ahead). With a fused optimiser (`optimizer.fused: true`, the default) the guard 
 - on logging steps (which read metrics anyway), when the ring is full, before a checkpoint is written and at the
   end, the ring is read once: a non-finite entry raises `NonFiniteLossError` naming the first bad step.
 
-The weights are then exactly those after the last good step, as with an immediate check. A non-fused optimiser
-falls back to reading the loss every step.
+The weights are then exactly those after the last good step, as with an immediate check. On a CPU, or with a
+non-fused optimiser, the loss is read every step.
 """
 from __future__ import annotations
 
@@ -34,16 +34,19 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 class FiniteLossGuard(Callback):
     cuda_graph_safe = True  # under `module.cuda_graph` the captured step guards itself and this stays idle
 
-    def __init__(self, check_every_n_steps: int | None = None):
-        """check_every_n_steps: most steps between two host reads (null = the logging cadence)."""
-        self.check_every_n_steps = check_every_n_steps
+    def __init__(self, check_every_n_steps: int | None = None, defer: bool | None = None):
+        """check_every_n_steps: most steps between two host reads (null = the logging cadence);
+        defer: read the ring only now and then (null = on accelerators, with a fused optimiser)."""
+        self.check_every_n_steps, self.defer = check_every_n_steps, defer
         self._ring: torch.Tensor | None = None  # running loss sums since `_first`, one slot per step
         self._found_inf: torch.Tensor | None = None
         self._first = 0  # the step of the ring's first slot
         self._deferred = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._deferred = all(skips_on_device(opt) for opt in trainer.optimizers)
+        # on a CPU a host read costs nothing and the check is exact at once (NaN steps are also slow there)
+        fused = all(skips_on_device(opt) for opt in trainer.optimizers)
+        self._deferred = fused and (pl_module.device.type != "cpu" if self.defer is None else self.defer)
         size = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
         self._ring = torch.zeros(size, device=pl_module.device)
         self._found_inf = torch.zeros((), device=pl_module.device)
@@ -52,7 +55,7 @@ class FiniteLossGuard(Callback):
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if not self._deferred:
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(trainer.global_step, float(loss))
+                raise NonFiniteLossError(trainer.global_step, float(loss.detach()))
             return
         slot = trainer.global_step - self._first
         total = self._ring[slot]

@@ -13,18 +13,19 @@ its own seed (the top-level `seed`), so paired runs can share a split and differ
 from __future__ import annotations
 
 import math
+import os
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 
 from datamodules.batch import FORMATS, Batch, TaskSpec
 from datamodules.loaders import EvalBatches, TrainBatches, shard, take
 from datamodules.loss_bounds import loss_bounds
 from datamodules.operations import OPERATIONS, is_prime
-from runtime.errors import require
+from runtime.errors import ConfigError, require
 
 ANSWER_POSITION_IN_SEQUENCE = 4  # targets = [a, OP, b, EQ, c, EOS, EOS]; c sits at index 4
+MEMORY_SHARE = 0.5  # data that would take more than this share of the machine's memory are refused up front
 
 
 class ModularArithmetic(pl.LightningDataModule):
@@ -48,6 +49,7 @@ class ModularArithmetic(pl.LightningDataModule):
                        batch_size, eval_batch_size)
         self.p, self.operations, self.format, self.loss_on = p, operations, format, loss_on
         self.batch_size, self.eval_batch_size, self.shuffle_seed = batch_size, eval_batch_size, shuffle_seed
+        self._check_fits_in_memory()
 
         a, b, c, op = self._equations()
         self.all = self._encode(a, b, c, op)
@@ -86,11 +88,42 @@ class ModularArithmetic(pl.LightningDataModule):
             require(isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1, "val_fraction",
                     val_fraction, "a number in (0, 1), or null for the rest")
         total = train_fraction + (val_fraction or 0) + test_fraction
-        require(total <= 1 + 1e-9 and (val_fraction is not None or total < 1), "train_fraction", train_fraction,
-                f"train + val + test fractions <= 1 with room for val (got {total:g})")
+        if not (total <= 1 + 1e-9 and (val_fraction is not None or total < 1)):
+            # name the fraction most likely just changed: test (off by default), then val, then train
+            parts = {"train": train_fraction, "val": val_fraction, "test": test_fraction}
+            given = {name: value for name, value in parts.items() if value}  # val: null = the rest, test: 0 = none
+            key = next(name for name in ("test", "val", "train") if name in given)
+            terms = " + ".join(f"{name} {value:g}" for name, value in given.items())
+            room = "" if val_fraction is not None else " with room for val"
+            raise ConfigError(f"{key}_fraction", given[key],
+                              f"train + val + test fractions <= 1{room} ({terms} = {total:g})")
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             require(isinstance(value, int) and not isinstance(value, bool) and (value == -1 or value > 0), key,
                     value, "-1 (full batch) or a positive integer")
+
+    def n_examples(self, operations: list[str] | None = None) -> int:
+        """How many equations `operations` (default: all of this task's) have: p^2 each, p(p-1) without b = 0."""
+        return sum(self.p * (self.p - 1 if OPERATIONS[name].nonzero_b else self.p)
+                   for name in operations or self.operations)
+
+    def estimated_bytes(self) -> int:
+        """Bytes of the tensors this datamodule comes to hold, from the encoding of one example: the full table
+        (`all`), its train/val/test copies (`splits`) and one copy of the first operation's (a, b) grid (`grid()`,
+        for the spectral penalty and diagnostics)."""
+        one = self._encode(*(torch.zeros(1, dtype=torch.long) for _ in range(4)))
+        per_example = sum(t.nbytes for t in one)
+        return per_example * (2 * self.n_examples() + self.n_examples(self.operations[:1]))
+
+    def _check_fits_in_memory(self) -> None:
+        """Refuse a size whose data cannot fit, before allocating any of it (p = 100003 would take petabytes)."""
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # no such query on this system: nothing to compare with
+            return
+        need, limit = self.estimated_bytes(), MEMORY_SHARE * memory
+        require(need <= limit, "p", self.p,
+                f"a size whose data fit in memory ({self.n_examples():,} examples need ~{readable_bytes(need)}; "
+                f"limit {readable_bytes(limit)} = {MEMORY_SHARE:.0%} of this machine's {readable_bytes(memory)})")
 
     def _equations(self):
         """Every (a, b, c, op index) of every operation, b = 0 left out where the operation needs it."""
@@ -119,9 +152,14 @@ class ModularArithmetic(pl.LightningDataModule):
         ids = self.token_ids()
         op_token = p + op
         eq = torch.full((n,), ids["EQ"])
-        if self.format == "onehot":
-            parts = [F.one_hot(a, p), F.one_hot(b, p)] + ([F.one_hot(op, self.n_ops)] if self.n_ops > 1 else [])
-            return Batch(torch.cat(parts, dim=1).float(), c[:, None], torch.ones(n, 1), op)
+        if self.format == "onehot":  # written straight into floats: no int64 one-hots 2-4 times larger on the way
+            inputs = torch.zeros(n, 2 * p + (self.n_ops if self.n_ops > 1 else 0))
+            rows = torch.arange(n)
+            inputs[rows, a] = 1
+            inputs[rows, p + b] = 1
+            if self.n_ops > 1:
+                inputs[rows, 2 * p + op] = 1
+            return Batch(inputs, c[:, None], torch.ones(n, 1), op)
         if self.format == "tokens":
             return Batch(torch.stack([a, op_token, b, eq], dim=1), c[:, None], torch.ones(n, 1), op)
         bos, eos = torch.full((n,), ids["BOS"]), torch.full((n,), ids["EOS"])
@@ -178,3 +216,11 @@ class ModularArithmetic(pl.LightningDataModule):
     @property
     def has_test(self) -> bool:
         return len(self.indices["test"]) > 0
+
+
+def readable_bytes(n: float) -> str:
+    """1234567890 -> '1.2 GB' (decimal units, up to PB)."""
+    units = ["bytes", "kB", "MB", "GB", "TB", "PB"]
+    while n >= 1000 and len(units) > 1:
+        n, units = n / 1000, units[1:]
+    return f"{n:,.1f} {units[0]}"

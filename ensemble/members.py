@@ -16,7 +16,7 @@ from runtime.errors import ConfigError
 # (and each `regularizer.<name>.weight`, see packable_keys)
 PACKABLE = ("seed", "init_scale", "init_from", "optimizer.lr", "optimizer.weight_decay", "optimizer.declared_lr")
 # What a solo run of the config would use that an ensemble also honours (anything else must be off).
-SUPPORTED_CALLBACKS = ("grokking_time", "checkpoint", "progress", "finite_loss")
+SUPPORTED_CALLBACKS = ("grokking_time", "checkpoint", "best_checkpoint", "progress", "finite_loss")
 
 
 def packable_keys(cfg: DictConfig) -> list[str]:

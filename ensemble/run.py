@@ -18,10 +18,11 @@ from ensemble.members import Member, check_supported
 from ensemble.module import EnsembleModule
 from lightning_modules.regularizers import Regularizer
 from runtime.build import build, build_net, configure_torch
-from runtime.errors import ConfigError, require
+from runtime.errors import ConfigError
 from runtime.init import prepare_init
 from runtime.loggers import wandb_identity
 from runtime.quiet import quiet_library_noise
+from runtime.checks import check_run_settings
 from runtime.summary import close_summary, grok_summary
 
 PROGRESS = ("ensemble/training", "ensemble/val_acc_min", "ensemble/val_acc_max")
@@ -35,7 +36,7 @@ def check_members(members: Sequence[Member]) -> None:
             raise ConfigError("hydra/launcher", "ensemble", "jobs that differ only in packable values "
                               "(the launcher groups them; this group mixes others)")
     for member in members:
-        require(isinstance(member.cfg.seed, int), "seed", member.cfg.seed, "an integer")
+        check_run_settings(member.cfg)
 
 
 def check_regularizers(regularizers: Mapping[str, Regularizer]) -> None:

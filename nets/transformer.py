@@ -99,8 +99,8 @@ class Transformer(nn.Module):
         super().__init__()
         require(isinstance(n_layers, int) and n_layers >= 1, "n_layers", n_layers, "an integer >= 1")
         require(isinstance(n_heads, int) and n_heads >= 1, "n_heads", n_heads, "an integer >= 1")
-        require(isinstance(d_model, int) and d_model % n_heads == 0, "d_model", d_model,
-                f"a multiple of n_heads={n_heads}")
+        require(isinstance(d_model, int) and d_model >= 1, "d_model", d_model, "an integer >= 1")
+        require(d_model % n_heads == 0, "n_heads", n_heads, f"a divisor of d_model={d_model}", related=["d_model"])
         require(activation in ("gelu", "relu"), "activation", activation, "gelu, relu")
         require(norm in ("layernorm", "none"), "norm", norm, "layernorm, none")
         require(not tie_weights or num_classes == vocab_size, "tie_weights", tie_weights,

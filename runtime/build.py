@@ -16,7 +16,11 @@ SPEC_FIELDS = ("in_features", "vocab_size", "num_classes", "seq_len")
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """`instantiate`, with a bad setting reported under its full key (e.g. `data.p`)."""
+    """`instantiate`, with a bad setting reported under its full key (e.g. `data.p`). A group that names several
+    objects (`regularizer: {entropy: {_target_: ...}, ...}`) becomes a dict of them, each built under its own name
+    so that its errors say which one (`regularizer.entropy.weight`)."""
+    if is_named_objects(node) and not kwargs:
+        return {name: build(member, f"{key}.{name}") for name, member in node.items()}
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -26,6 +30,12 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, TypeError) and "argument" in str(cause):
             raise ConfigError(key, node.get("_target_"), f"only settings it accepts ({cause})") from None
         raise
+
+
+def is_named_objects(node: Any) -> bool:
+    """A mapping of names to object configs (no `_target_` of its own); an empty one counts."""
+    return (isinstance(node, DictConfig) and "_target_" not in node
+            and all(isinstance(member, DictConfig) and "_target_" in member for member in node.values()))
 
 
 def build_net(model_cfg: DictConfig, spec: TaskSpec) -> torch.nn.Module:

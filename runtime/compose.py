@@ -9,11 +9,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from runtime.run_dir import register_resolvers
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:
     """The config `python launch.py <overrides>` would run, writing into `output_dir`."""
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides), return_hydra_config=True)

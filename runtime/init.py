@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runtime.errors import require
+from runtime.errors import ConfigError, require
 
 INIT_FILE = "init.pt"
 
@@ -37,8 +37,14 @@ def init_path(source: str | Path) -> Path:
 def load_init(net: nn.Module, source: str | Path) -> None:
     """Copy saved initial weights into `net`; names and shapes must match exactly."""
     path = init_path(source)
-    require(path.is_file(), "init_from", str(source), f"a run folder holding {INIT_FILE}, or a saved init file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    expected = f"a run folder holding {INIT_FILE}, or a saved init file"
+    require(path.is_file(), "init_from", str(source), expected)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file at all (a CSV, text, another archive): whatever torch.load raised
+        raise ConfigError("init_from", str(source), expected) from None
+    require(isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values()), "init_from",
+            str(source), expected)
     own = net.state_dict()
     mismatch = sorted(set(state) ^ set(own)) + [k for k in own if k in state and state[k].shape != own[k].shape]
     require(not mismatch, "init_from", str(source),

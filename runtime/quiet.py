@@ -9,9 +9,9 @@ _NOISE = (
     "`weights_only` was not set",
 )
 _WARNINGS = (
-    r".*Experiment logs directory .* exists and is not empty.*",  # the run folder already holds .hydra/
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*does not have many workers.*",
+    r".*Checkpoint directory .* exists and is not empty.*",  # a resumed run writes into its own checkpoints/
     r".*overridden `transfer_batch_to_device` in `LightningModule`.*",  # ours: data is already on device
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
+from callbacks.run_checkpoint import RunCheckpoint
 from lightning_modules.regularizers import Regularizer
 
 
@@ -48,3 +49,13 @@ class FlipToNaN(pl.Callback):
             for switch in NaNSwitch.instances:
                 if switch.value is not None:
                     switch.value.fill_(float("nan"))
+
+
+class RecordingCheckpoint(RunCheckpoint):
+    """RunCheckpoint that remembers at which steps it wrote `last.ckpt`."""
+
+    saved: list[int] = []
+
+    def save(self, trainer):
+        super().save(trainer)
+        RecordingCheckpoint.saved.append(trainer.global_step)

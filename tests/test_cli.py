@@ -78,3 +78,10 @@ def test_sweep_presets_expand_to_their_jobs(tmp_path):
     assert jobs == list(range(12))  # 4 weight decays x 3 seeds
     overrides = {tuple(read_json(tmp_path / "s" / str(j) / "summary.json")["overrides"][:2]) for j in jobs}
     assert ("optimizer.weight_decay=2.0", "seed=2") in overrides and len(overrides) == 12
+
+
+def test_a_misspelled_key_is_one_line_with_the_closest_keys(tmp_path):
+    result = launch_cli(["data.pp=5"], cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[-1]] and lines[-1].startswith("[grokking-lab] error: data.pp is not a setting; did you mean data.p?")

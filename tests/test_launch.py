@@ -47,22 +47,27 @@ def test_resume_continues_to_the_same_final_metrics(run_config, batch):
     assert_resume_ends_as_straight_run(run_config, common, steps=60, stop_at=30)
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(run_config):
+@pytest.mark.parametrize("defer", [False, True], ids=["read_every_step", "read_on_log_steps"])
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_weights(run_config, defer):
     summary, run_dir = run_config([
         "+regularizer.boom._target_=tests.helpers.NaNAfter", "+regularizer.boom.weight=1.0",
         "+regularizer.boom.after=25", "callbacks.checkpoint.every_n_train_steps=10",
+        f"callbacks.finite_loss.defer={str(defer).lower()}",
     ])
     assert summary["status"] == "diverged" and "step 25" in summary["error"]
     assert summary["steps"] == 25
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 20
+    assert ckpt["global_step"] == 20  # the last periodic checkpoint, written before the bad step
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
     assert read_json(run_dir / "summary.json")["status"] == "diverged"
     assert all(math.isfinite(v) for v in summary["final"].values())
-    # the guard reads the loss only on logging steps (every 10): steps 26-30 ran, but the fused optimiser skipped
-    # them on the device, so the final weights are exactly those of a clean 25-step run
-    clean, _ = run_config(["trainer.max_steps=25"], name="clean")
+    # deferred, the guard reads the loss only on logging steps (every 10): steps 26-30 ran, but the fused optimiser
+    # skipped them, so the final weights are exactly those of a clean 25-step run, as with a read every step
+    clean, clean_dir = run_config(["trainer.max_steps=25"], name="clean")
     assert summary["final"] == clean["final"]
+    kept = torch.load(run_dir / summary["last_finite_weights"], weights_only=True)
+    clean_weights = torch.load(clean_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(kept[name], clean_weights[f"net.{name}"]) for name in kept)
 
 
 def test_same_seed_same_init_other_seed_other_init(run_config):
@@ -93,6 +98,14 @@ def test_valid_overrides_run(run_config, override):
         (["data.format=tokens"], "expected onehot for model MLP"),
         (["+model.num_classes=5"], "model.num_classes=5 is not allowed: expected unset"),
         (["callbacks.grokking_time.stop_after_steps=-1"], "callbacks.grokking_time.stop_after_steps=-1"),
+        (["regularizer=entropy", "regularizer.entropy.weight=-1"],
+         "regularizer.entropy.weight=-1 is not allowed: expected a number >= 0"),
+        (["data.test_fraction=0.6"], "data.test_fraction=0.6 is not allowed: expected train + val + test fractions "
+                                     "<= 1 with room for val (train 0.5 + test 0.6 = 1.1)"),
+        (["model=transformer", "data.format=tokens", "model.n_heads=3"],
+         "model.n_heads=3 is not allowed: expected a divisor of model.d_model=128"),
+        (["data.p=100003"], "data.p=100003 is not allowed: expected a size whose data fit in memory "
+                            "(10,000,600,009 examples need ~24.0 PB; limit "),
     ],
 )
 def test_bad_values_raise_one_clear_error(run_config, overrides, message):

@@ -66,8 +66,8 @@ def prepare_member(cfg: DictConfig) -> dict[str, Any]:
     """The per-job task, run inside Hydra's job context: pin the job's config and build its loggers (which read
     the sweep context). A job whose folder already holds a finished run is skipped under `resume=true`."""
     from ensemble.members import Member, shared_part
-    from launch import FINISHED
     from runtime.build import build
+    from runtime.resume import FINISHED, set_aside_earlier_attempt
     from runtime.summary import read_summary
 
     shared = shared_part(cfg)  # before resolving: run folders differ, their interpolations do not
@@ -76,6 +76,8 @@ def prepare_member(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("resume") and (previous := read_summary(out)).get("status") in FINISHED:
         print(f"[grokking-lab] resume: already {previous['status']}, skipped: {out}", flush=True)
         return {"member": None, "val_acc": previous.get("final", {}).get("val/acc")}
+    if kept := set_aside_earlier_attempt(out):  # an ensemble member always trains from its start
+        print(f"[grokking-lab] {out} already held a run; its files are kept as {', '.join(kept)}", flush=True)
     loggers = [build(node, f"logger.{name}", **concurrent_runs(node))
                for name, node in (cfg.logger or {}).items() if node]
     member = Member(cfg, out, list(HydraConfig.get().overrides.task), loggers, shared)

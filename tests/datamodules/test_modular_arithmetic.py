@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -143,7 +145,8 @@ def test_full_batch_serves_the_same_tensors_without_copying():
         (dict(format="image"), "format"),
         (dict(train_fraction=1.2), "train_fraction"),
         (dict(train_fraction=0.0), "train_fraction"),
-        (dict(train_fraction=0.6, test_fraction=0.5), "train_fraction"),
+        (dict(train_fraction=0.6, test_fraction=0.5), "test_fraction"),
+        (dict(train_fraction=0.7, val_fraction=0.4), "val_fraction"),
         (dict(batch_size=0), "batch_size"),
         (dict(loss_on="all", format="onehot"), "loss_on"),
     ],
@@ -153,6 +156,49 @@ def test_bad_settings_name_the_key(kwargs, key):
         ModularArithmetic(**kwargs)
     assert info.value.key == key
     assert str(info.value).startswith(f"{key}=")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(train_fraction=0.5, test_fraction=0.6), "test_fraction=0.6 is not allowed: expected train + val + test "
+                                                      "fractions <= 1 with room for val (train 0.5 + test 0.6 = 1.1)"),
+        (dict(train_fraction=0.5, val_fraction=0.3, test_fraction=0.3),
+         "test_fraction=0.3 is not allowed: expected train + val + test fractions <= 1 (train 0.5 + val 0.3 + "
+         "test 0.3 = 1.1)"),
+        (dict(train_fraction=0.9, val_fraction=0.2), "val_fraction=0.2 is not allowed: expected train + val + test "
+                                                     "fractions <= 1 (train 0.9 + val 0.2 = 1.1)"),
+    ],
+)
+def test_fractions_that_do_not_add_up_name_the_one_set_last_and_show_the_sum(kwargs, message):
+    with pytest.raises(ConfigError) as info:
+        ModularArithmetic(**kwargs)
+    assert str(info.value) == message
+
+
+def storage_bytes(dm: ModularArithmetic) -> int:
+    """Bytes of every distinct tensor storage behind the table, the splits and the grid (views counted once)."""
+    storages = {}
+    for batch in (dm.all, *dm.splits.values(), dm.grid()):
+        for tensor in batch:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("kwargs", [dict(p=11), dict(p=13, operations=["add", "div", "mul"]),
+                                    dict(p=11, format="tokens"), dict(p=11, format="sequence", test_fraction=0.2),
+                                    dict(p=13, format="sequence", operations=["div", "add"], val_fraction=0.2)])
+def test_memory_estimate_is_close_to_what_the_datamodule_really_holds(kwargs):
+    dm = ModularArithmetic(**kwargs)
+    assert 1 <= dm.estimated_bytes() / storage_bytes(dm) <= 1.5
+
+
+def test_a_size_that_cannot_fit_in_memory_is_refused_before_allocating():
+    with pytest.raises(ConfigError) as info:
+        ModularArithmetic(p=100003)
+    assert re.fullmatch(r"p=100003 is not allowed: expected a size whose data fit in memory \(10,000,600,009 "
+                        r"examples need ~24\.0 PB; limit [\d.,]+ [kMGT]?B = 50% of this machine's [\d.,]+ [kMGT]?B\)",
+                        str(info.value)), str(info.value)
 
 
 def test_is_prime():

@@ -52,9 +52,17 @@ def test_nanda_style_model_has_no_norms():
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in net.modules())
 
 
-@pytest.mark.parametrize("kw, key", [(dict(d_model=30, n_heads=4), "d_model"), (dict(norm="batch"), "norm"),
-                                     (dict(activation="tanh"), "activation"), (dict(n_layers=0), "n_layers")])
+@pytest.mark.parametrize("kw, key", [(dict(d_model=30, n_heads=4), "n_heads"), (dict(d_model=0), "d_model"),
+                                     (dict(norm="batch"), "norm"), (dict(activation="tanh"), "activation"),
+                                     (dict(n_layers=0), "n_layers")])
 def test_bad_settings(kw, key):
     with pytest.raises(ConfigError) as info:
         Transformer(vocab_size=10, num_classes=10, seq_len=4, **kw)
     assert info.value.key == key
+
+
+def test_heads_that_do_not_divide_the_width_name_both_settings_under_their_group():
+    with pytest.raises(ConfigError) as info:
+        Transformer(vocab_size=10, num_classes=10, seq_len=4, n_heads=3, d_model=128)
+    assert str(info.value) == "n_heads=3 is not allowed: expected a divisor of d_model=128"
+    assert str(info.value.under("model")) == "model.n_heads=3 is not allowed: expected a divisor of model.d_model=128"

@@ -38,3 +38,15 @@ def test_init_from_another_architecture_is_refused(run_config):
         run_config([f"init_from={a_dir}", "model.hidden_dim=64"], name="b")
     with pytest.raises(ConfigError, match="init_scale"):
         run_config(["init_scale=0"], name="c")
+
+
+def test_init_from_a_file_that_is_not_saved_weights_is_refused_in_one_line(run_config, tmp_path):
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("step,train/loss\n0,2.3\n")
+    listed = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], listed)
+    for source in (csv, listed):
+        with pytest.raises(ConfigError) as info:
+            run_config([f"init_from={source}"], name=source.stem)
+        assert str(info.value) == (f"init_from='{source}' is not allowed: expected a run folder holding init.pt, "
+                                   "or a saved init file")

@@ -1,0 +1,63 @@
+"""A misspelled override key is reported in one line with the closest setting (runtime/override_check.py)."""
+import time
+
+import pytest
+
+from runtime.override_check import unknown_key_message
+
+DATA = ("settings under data: batch_size, eval_batch_size, format, loss_on, operations, p, shuffle_seed, split_seed, "
+        "test_fraction, train_fraction, val_fraction")
+OPTIMIZER = "settings under optimizer: betas, decay, declared_lr, eps, fused, lr, warmup_steps, weight_decay"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data.pp=5"], f"data.pp is not a setting; did you mean data.p? ({DATA})"),
+        (["optimizer.weight_decy=0.5"],
+         f"optimizer.weight_decy is not a setting; did you mean optimizer.weight_decay? ({OPTIMIZER})"),
+        (["-m", "seed=0,1", "data.pp=5,7"], f"data.pp is not a setting; did you mean data.p? ({DATA})"),
+        (["--multirun", "optimizer.weight_decy=range(0,3)"],
+         f"optimizer.weight_decy is not a setting; did you mean optimizer.weight_decay? ({OPTIMIZER})"),
+        (["--cfg", "job", "data.pp=5"], f"data.pp is not a setting; did you mean data.p? ({DATA})"),
+        (["optimzer.lr=1e-3"], "optimzer.lr is not a setting; did you mean optimizer.lr? (top-level settings: "
+                               "callbacks, ckpt_path, data, init_from, init_scale, logger, matmul_precision, model, "
+                               "module, name, optimizer, paths, regularizer, resume, seed, tags, threads, trainer)"),
+        (["data.hidden_dim=64"], f"data.hidden_dim is not a setting; did you mean model.hidden_dim? ({DATA})"),
+        # the group choices come first: the transformer's keys are known, the MLP's are not
+        (["model.n_heds=2", "model=transformer"], "model.n_heds is not a setting; did you mean model.n_heads? "
+         "(settings under model: activation, bias, d_mlp, d_model, init_std, n_heads, n_layers, norm, tie_weights)"),
+        (["regularizer=entropy", "regularizer.entropy.weigth=1"], "regularizer.entropy.weigth is not a setting; did "
+         "you mean regularizer.entropy.weight? (settings under regularizer.entropy: kind, weight)"),
+    ],
+)
+def test_a_misspelled_key_is_named_with_the_closest_setting(args, message):
+    assert unknown_key_message(args) == message
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [], ["seed=0,1"], ["experiment=routed_cpu"], ["hydra.run.dir=x"], ["-m", "seed=0,1", "optimizer.lr=1e-3"],
+        ["experiment=routed_cpu", "model.n_ffn_heads=3"], ["model=transformer", "model.n_heads=2"],
+        ["seed=range(0,3)"], ["-m", "experiment=routed_cpu,transformer_grok_cpu", "model.n_heads=2"],
+        ["+regularizer.extra._target_=tests.helpers.NaNAfter"], ["~data.val_fraction"], ["++data.new=1"],
+        ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"], ["--cfg", "job"], ["sweep=seeds"],
+        ["data.operations=[add,mul]", "trainer.devices=[0,1]", "tags=[a,b]"],
+    ],
+)
+def test_existing_keys_group_choices_sweeps_and_hydra_settings_pass(args):
+    assert unknown_key_message(args) is None
+
+
+@pytest.mark.parametrize("args", [["experiment=no_such_experiment", "data.pp=5"], ["--bogus-flag", "data.pp=5"],
+                                  ["--help"], ["data.p=(("], ["--config-name", "other", "data.pp=5"]])
+def test_what_cannot_be_checked_is_left_to_hydra(args):
+    assert unknown_key_message(args) is None
+
+
+def test_one_check_takes_well_under_a_second():
+    unknown_key_message(["data.p=5"])  # imports and caches warmed
+    started = time.perf_counter()
+    assert unknown_key_message(["-m", "experiment=routed_cpu", "seed=0,1", "data.pp=5"]) is not None
+    assert time.perf_counter() - started < 1.0
