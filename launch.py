@@ -36,6 +36,7 @@ from runtime.run_dir import register_resolvers
 from runtime.signals import stop_request
 from runtime.summary import close_summary, grok_summary
 
+
 def overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
@@ -44,8 +45,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train one configuration; always leaves `summary.json` in the run folder, whatever happens."""
     out = Path(cfg.paths.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    report = print if rank_zero_only.rank == 0 else (lambda *a, **k: None)  # DDP: only the main process speaks
-    say = lambda line: report(f"[grokking-lab] {line}", flush=True)  # noqa: E731
+
+    def say(line: str) -> None:
+        if rank_zero_only.rank == 0:  # DDP: only the main process speaks
+            print(f"[grokking-lab] {line}", flush=True)
+
     say(f"run folder: {out}")
     started = time.time()
     quiet_library_noise()
@@ -130,8 +134,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         stop_request.restore()
         summary["checkpoints"] = sorted(str(p.relative_to(out)) for p in (out / "checkpoints").glob("*.*")
                                         if p.suffix in (".ckpt", ".pt"))
-        if "steps" in summary:
-            summary["session_steps"] = summary["steps"] - summary.get("resumed_from_step", 0)
         wall = close_summary(out, summary, loggers, started, write=rank_zero_only.rank == 0)
         say(f"{summary['status']} after {summary.get('steps', 0)} steps in {wall:.1f} s; outputs in {out}")
     return summary

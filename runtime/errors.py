@@ -1,4 +1,4 @@
-"""Error types: bad settings (printed by the launcher as one clear line) and a diverged run."""
+"""Error types: bad settings (printed by the launcher as one clear line), a diverged run, a run stopped by a signal."""
 from __future__ import annotations
 
 import re

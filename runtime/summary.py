@@ -55,8 +55,9 @@ def close_summary(out: Path, summary: dict[str, Any], loggers: Iterable, started
     Returns the wall time in seconds."""
     wall = time.time() - started
     summary["wall_time_s"] = round(wall, 2)
-    if summary.get("steps"):
-        summary["steps_per_s"] = round(summary["steps"] / wall, 2)
+    if "steps" in summary:  # a resumed run's speed counts the steps of this launch only
+        summary["session_steps"] = summary["steps"] - summary.get("resumed_from_step", 0)
+        summary["steps_per_s"] = round(summary["session_steps"] / wall, 2)
     if write:
         write_summary(out / "summary.json", summary)
     try:

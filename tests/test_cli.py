@@ -34,7 +34,7 @@ def test_bad_value_is_one_clear_line_without_traceback(tmp_path):
 @pytest.mark.parametrize("arg, expected", [
     ("model=resnet", "Could not find 'model/resnet'"),
     ("experiment=nope", "Could not find 'experiment/nope'"),
-    ("data.prime=7", "Key 'prime' is not in struct"),
+    ("data.prime=7", "[grokking-lab] error: data.prime is not a setting (settings under data: batch_size"),
 ])
 def test_unknown_names_are_rejected_by_name(tmp_path, arg, expected):
     result = launch_cli([arg], cwd=tmp_path)
