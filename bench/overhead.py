@@ -85,7 +85,8 @@ def plain_loop(cfg, steps: int, warmup: int, device: str) -> tuple[float, float]
         loss, logits = loss_and_answer_logits(train)
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.trainer.gradient_clip_val)
+        if cfg.trainer.gradient_clip_val is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.trainer.gradient_clip_val)
         optimizer.step()
         scheduler.step()
         if step % log_every == 0:

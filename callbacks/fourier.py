@@ -272,12 +272,13 @@ class FourierSpectrum(Diagnostic):
         """Restricted and excluded loss of the net's answer logits over the whole (a, b) grid."""
         data = trainer.datamodule
         p = data.p
-        grid = data.grid()  # a-major: row a * p + b holds [a, OP, b, =]
+        grid = data.grid()  # a-major: row a * p + b holds [a, OP, b, =] (or [a, b, =] without the op token)
         logits = eval_forward(pl_module, grid.inputs.to(pl_module.device)).logits[:, -1, :p].float()
         logits = rearrange(logits, "(a b) c -> a b c", a=p, b=p)
         train_inputs = data.splits["train"].inputs
         train_mask = torch.zeros(p, p, dtype=torch.bool, device=logits.device)
-        train_mask[train_inputs[:, 0].to(logits.device), train_inputs[:, 2].to(logits.device)] = True
+        a_column, b_column = data.operand_columns
+        train_mask[train_inputs[:, a_column].to(logits.device), train_inputs[:, b_column].to(logits.device)] = True
         return {
             "fourier/restricted_loss": restricted_loss(logits, keys),
             "fourier/excluded_loss": excluded_loss(logits, keys, train_mask),

@@ -1,9 +1,12 @@
 """Records when a run memorises and when it generalises, logs them under `grok/`, and can stop after grokking.
 
-Steps are optimiser steps done (as `max_steps` and checkpoints count them), at the first *measured* point a
-threshold is reached: train accuracy is measured on logging steps (`trainer.log_every_n_steps`), validation
-accuracy on validation steps (`val_check_interval`). Loggers index rows by Lightning's 0-based step (steps
-done - 1), so `grok/...` values are logged on the same row as the metric that crossed the threshold.
+A threshold's step is the number of optimiser updates the measured weights had (as `max_steps` and checkpoints
+count steps), at the first *measured* point it is reached; train and validation thresholds count alike, so the
+same weights give the same step. Train accuracy comes from the forward of a training step, before that step's
+update: the one logged after s + 1 steps (`trainer.log_every_n_steps`) belongs to the weights after s updates.
+Validation after n steps (`val_check_interval`) measures the weights after n updates. Loggers index rows by
+Lightning's 0-based step (steps done - 1), so a `grok/...` value is logged on the row of the metric that crossed
+the threshold: a train threshold reached at step s on row s, a validation one reached at n on row n - 1.
 
 Where the task has theoretical loss bounds (`datamodule.loss_bounds()`, seed 003: sequence tasks), they are logged
 once at the start (`grok/loss_bound/<name>`) and every validation classifies the run against them from the latest
@@ -52,9 +55,10 @@ class GrokkingTime(Callback):
         return self.steps[threshold_key("val", self.grokked_threshold)]
 
     def _log(self, trainer: pl.Trainer, reached: dict[str, int]) -> None:
+        """On the current row (steps done - 1): the row of the metric that reached the thresholds."""
         for key, step in reached.items():
             for logger in trainer.loggers:
-                logger.log_metrics({key: step}, step=step - 1)
+                logger.log_metrics({key: step}, step=trainer.global_step - 1)
 
     # The rules, apart from Lightning: an ensemble keeps one GrokkingTime per member and calls these directly.
     def set_bounds(self, bounds: dict[str, float]) -> dict[str, float]:
@@ -64,7 +68,8 @@ class GrokkingTime(Callback):
                 "grok/loss_bound/random_answer": self.bounds.random_answer}
 
     def record_train(self, step: int, acc: float) -> dict[str, int]:
-        """Train accuracy measured after `step` optimiser steps -> the thresholds first reached {key: step}."""
+        """Train accuracy of the weights after `step` optimiser updates (the forward of step `step` + 1)
+        -> the thresholds first reached {key: step}."""
         key = threshold_key("train", self.train_threshold)
         if self.steps[key] is None and acc >= self.train_threshold:
             self.steps[key] = step
@@ -73,7 +78,8 @@ class GrokkingTime(Callback):
 
     def record_val(self, step: int, acc: float, train_loss: float | None = None,
                    val_loss: float | None = None) -> dict[str, int]:
-        """Validation after `step` optimiser steps -> the thresholds first reached; updates the loss phase."""
+        """Validation of the weights after `step` optimiser updates -> the thresholds first reached; updates the
+        loss phase."""
         reached = {}
         for threshold in self.val_thresholds:
             key = threshold_key("val", threshold)
@@ -101,8 +107,8 @@ class GrokkingTime(Callback):
         step = trainer.global_step
         if self.steps[threshold_key("train", self.train_threshold)] is None and is_log_step(step, trainer):
             acc = trainer.callback_metrics.get("train/acc")
-            if acc is not None:
-                self._log(trainer, self.record_train(step, float(acc)))
+            if acc is not None:  # measured before this step's update: the weights after step - 1 updates
+                self._log(trainer, self.record_train(step - 1, float(acc)))
         if self.should_stop(step):
             trainer.should_stop = True
 

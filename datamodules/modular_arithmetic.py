@@ -2,11 +2,12 @@
 
 Formats (`format`):
 - `onehot`:   [onehot(a); onehot(b)] (2p dims, plus a one-hot of the operation when there are several) -> c.
-- `tokens`:   [a, OP, b, =] -> c, predicted at the last position.
+- `tokens`:   [a, OP, b, =] -> c, predicted at the last position; with `op_token: false`, [a, b, =] -> c
+  (Nanda et al. 2023's input: one operation, vocabulary residues and =).
 - `sequence`: [BOS, a, OP, b, EQ, c, EOS, EOS] as next-token prediction (7 positions); the loss is on the
   answer position only (`loss_on: answer`) or on all 7 (`loss_on: all`). Accuracy is always on the answer.
 
-Token ids: 0..p-1 residues, then one id per operation, then EQ, BOS, EOS.
+Token ids: 0..p-1 residues, then one id per operation, then EQ, BOS, EOS; without the op token, residues and EQ.
 Seeds: `split_seed` fixes which pairs are train/val/test; `shuffle_seed` the mini-batch order. Model init has
 its own seed (the top-level `seed`), so paired runs can share a split and differ in init, or the reverse.
 """
@@ -38,6 +39,7 @@ class ModularArithmetic(pl.LightningDataModule):
         val_fraction: float | None = None,
         test_fraction: float = 0.0,
         loss_on: str = "answer",
+        op_token: bool = True,
         batch_size: int = -1,
         eval_batch_size: int = -1,
         split_seed: int = 0,
@@ -45,9 +47,10 @@ class ModularArithmetic(pl.LightningDataModule):
     ):
         super().__init__()
         operations = [operations] if isinstance(operations, str) else list(operations)
-        self._validate(p, operations, format, train_fraction, val_fraction, test_fraction, loss_on,
+        self._validate(p, operations, format, train_fraction, val_fraction, test_fraction, loss_on, op_token,
                        batch_size, eval_batch_size)
         self.p, self.operations, self.format, self.loss_on = p, operations, format, loss_on
+        self.op_token = op_token
         self.batch_size, self.eval_batch_size, self.shuffle_seed = batch_size, eval_batch_size, shuffle_seed
         self._check_fits_in_memory()
 
@@ -68,8 +71,8 @@ class ModularArithmetic(pl.LightningDataModule):
         self.splits = {name: take(self.all, idx) for name, idx in self.indices.items()}
 
     @staticmethod
-    def _validate(p, operations, format, train_fraction, val_fraction, test_fraction, loss_on, batch_size,
-                  eval_batch_size) -> None:
+    def _validate(p, operations, format, train_fraction, val_fraction, test_fraction, loss_on, op_token,
+                  batch_size, eval_batch_size) -> None:
         require(isinstance(p, int) and not isinstance(p, bool) and p >= 2, "p", p, "an integer >= 2")
         require(len(operations) >= 1, "operations", operations, f"a non-empty list of {', '.join(OPERATIONS)}")
         for name in operations:
@@ -80,6 +83,11 @@ class ModularArithmetic(pl.LightningDataModule):
         require(loss_on in ("answer", "all"), "loss_on", loss_on, "answer, all")
         require(loss_on == "answer" or format == "sequence", "loss_on", loss_on,
                 "'answer' unless format=sequence (other formats only have the answer)")
+        require(isinstance(op_token, bool), "op_token", op_token, "true or false")
+        require(op_token or len(operations) == 1, "op_token", op_token,
+                f"true with several operations (the input must say which applies: {', '.join(operations)})")
+        require(op_token or format != "sequence", "op_token", op_token,
+                "true for format=sequence (only the tokens format has a variant without it)")
         require(isinstance(train_fraction, (int, float)) and 0 < train_fraction < 1, "train_fraction",
                 train_fraction, "a number in (0, 1)")
         require(isinstance(test_fraction, (int, float)) and 0 <= test_fraction < 1, "test_fraction",
@@ -142,15 +150,24 @@ class ModularArithmetic(pl.LightningDataModule):
         return len(self.operations)
 
     def token_ids(self) -> dict[str, int]:
-        """Ids of the non-residue tokens."""
+        """Ids of the non-residue tokens. Without the op token only EQ (= p) is left, as in Nanda et al.'s
+        vocabulary of p + 1, since the tokens format uses no BOS or EOS."""
+        if not self.op_token:
+            return {"EQ": self.p}
         ids = {f"op:{name}": self.p + i for i, name in enumerate(self.operations)}
         base = self.p + self.n_ops
         return {**ids, "EQ": base, "BOS": base + 1, "EOS": base + 2}
 
+    @property
+    def operand_columns(self) -> tuple[int, int]:
+        """Where a and b sit in a token input row (tokens and sequence formats)."""
+        first = 1 if self.format == "sequence" else 0
+        return first, first + (2 if self.op_token else 1)
+
     def _encode(self, a, b, c, op) -> Batch:
         p, n = self.p, len(c)
         ids = self.token_ids()
-        op_token = p + op
+        op_ids = p + op
         eq = torch.full((n,), ids["EQ"])
         if self.format == "onehot":  # written straight into floats: no int64 one-hots 2-4 times larger on the way
             inputs = torch.zeros(n, 2 * p + (self.n_ops if self.n_ops > 1 else 0))
@@ -161,9 +178,10 @@ class ModularArithmetic(pl.LightningDataModule):
                 inputs[rows, 2 * p + op] = 1
             return Batch(inputs, c[:, None], torch.ones(n, 1), op)
         if self.format == "tokens":
-            return Batch(torch.stack([a, op_token, b, eq], dim=1), c[:, None], torch.ones(n, 1), op)
+            columns = [a, op_ids, b, eq] if self.op_token else [a, b, eq]
+            return Batch(torch.stack(columns, dim=1), c[:, None], torch.ones(n, 1), op)
         bos, eos = torch.full((n,), ids["BOS"]), torch.full((n,), ids["EOS"])
-        seq = torch.stack([bos, a, op_token, b, eq, c, eos, eos], dim=1)
+        seq = torch.stack([bos, a, op_ids, b, eq, c, eos, eos], dim=1)
         mask = torch.zeros(n, 7)
         if self.loss_on == "all":
             mask[:] = 1
@@ -173,12 +191,13 @@ class ModularArithmetic(pl.LightningDataModule):
 
     @property
     def spec(self) -> TaskSpec:
-        vocab = self.p + self.n_ops + 3
+        vocab = self.p + len(self.token_ids())
         if self.format == "onehot":
             return TaskSpec(num_classes=self.p, in_features=self.all.inputs.shape[1], input_kind="onehot",
                             group_names=tuple(self.operations))
         if self.format == "tokens":
-            return TaskSpec(num_classes=self.p, vocab_size=vocab, seq_len=4, group_names=tuple(self.operations))
+            return TaskSpec(num_classes=self.p, vocab_size=vocab, seq_len=self.all.inputs.shape[1],
+                            group_names=tuple(self.operations))
         return TaskSpec(num_classes=vocab, vocab_size=vocab, seq_len=7, answer_position=ANSWER_POSITION_IN_SEQUENCE,
                         group_names=tuple(self.operations))
 

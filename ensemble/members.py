@@ -77,18 +77,19 @@ class Member:
         for logger in self.loggers:
             logger.log_metrics({"epoch": epoch, **metrics}, step=step)
 
-    def log_reached(self, reached: dict[str, int]) -> None:
+    def log_reached(self, reached: dict[str, int], row: int) -> None:
         for key, step in reached.items():
-            self.log({key: step}, step - 1)
+            self.log({key: step}, row)
 
     def train_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Training metrics measured after `step` optimiser steps (logged on row step - 1, as Lightning does)."""
+        """Training metrics of step `step` (logged on row step - 1, as Lightning does). They come from its forward,
+        before its update: a train threshold reached there counts step - 1 updates, as a solo run's does."""
         if not self.training:
             return
         self.log(metrics, step - 1)
         self.last_train_loss = metrics["train/loss"]
         if self.grok is not None:
-            self.log_reached(self.grok.record_train(step, metrics["train/acc"]))
+            self.log_reached(self.grok.record_train(step - 1, metrics["train/acc"]), step - 1)
 
     def val_metrics(self, step: int, metrics: dict[str, float]) -> None:
         # a solo run that stops after grokking still validates if its last step is a validation step
@@ -96,7 +97,8 @@ class Member:
             return
         self.log({f"val/{name}": value for name, value in metrics.items()}, step - 1)
         if self.grok is not None:
-            self.log_reached(self.grok.record_val(step, metrics["acc"], self.last_train_loss, metrics["loss"]))
+            reached = self.grok.record_val(step, metrics["acc"], self.last_train_loss, metrics["loss"])
+            self.log_reached(reached, step - 1)
         for logger in self.loggers:
             logger.save()  # a crash later loses no logged row
 

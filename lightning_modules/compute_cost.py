@@ -3,9 +3,13 @@
 | kind | term |
 |---|---|
 | sum | sum_l g_l (the effective depth) |
-| weighted | sum_l g_l * flops_l / max flops (heavier layers cost more) |
+| weighted | sum_l g_l * flops_l / max_k flops_k (heavier layers cost more) |
 | entropy | sum_l H(g_l), H the binary entropy: penalises half-on gates |
 | sum+entropy | sum + entropy |
+
+`flops_l` is the net's `layer_flops`: what running layer l costs (nets.gated_mlp: 2 w_l^2 per example, so layers
+of different widths weigh differently). Dividing by the heaviest layer's keeps `weight` on the scale of `sum`:
+the heaviest layer costs one gate, and with one width for every layer `weighted` equals `sum`.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ class ComputeCost(Regularizer):
             raise ValueError(f"the '{self.kind}' compute cost needs a net that returns gates")
         g = output.gates
         if self.kind == "weighted":
-            return (g * output.layer_flops).sum()
+            if output.layer_flops is None:
+                raise ValueError("the 'weighted' compute cost needs a net that returns layer_flops")
+            return (g * (output.layer_flops / output.layer_flops.max())).sum()
         cost = g.sum() if self.kind in ("sum", "sum+entropy") else 0
         return cost + binary_entropy(g).sum() if "entropy" in self.kind else cost

@@ -3,6 +3,8 @@
 It trains any net from `nets/` on any DataModule whose batches are `datamodules.Batch`: the loss is
 cross-entropy on the positions the batch's `loss_mask` selects; accuracy is on the answer position.
 Training metrics are computed and logged only on logging steps, so a full-batch step costs what the net costs.
+They come from the step's own forward, so they measure the weights before its update (callbacks.grokking_time
+counts a train threshold accordingly).
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ class NetOutput:
     logits: (batch, classes) for nets that answer once, (batch, positions, classes) for sequence nets.
     routing: per layer, the routing weights (..., n_heads) of routed nets; each sums to 1 over heads.
     gates: (n_layers,) or (batch, n_layers) gate values in [0, 1] of gated-depth nets.
-    layer_flops: (n_layers,) relative cost of each gated layer, for FLOP-weighted compute penalties.
+    layer_flops: (n_layers,) FLOPs per example of each gated layer (what closing its gate saves), for
+        FLOP-weighted compute penalties.
     attention: per layer, attention probabilities (batch, heads, query, key), only when asked for.
     """
 

@@ -9,6 +9,9 @@ from torch import Tensor, nn
 class ParallelMLPHeads(nn.Module):
     """x (..., d) -> every head's output (..., n_heads, d). Weights are stored (heads, in, out)."""
 
+    # Stated so the optimiser's weight-decay rules see the per-head offsets as biases (they are not named `bias`).
+    parameter_roles = {"up": "weight", "down": "weight", "up_bias": "bias", "down_bias": "bias"}
+
     def __init__(self, n_heads: int, d_model: int, d_hidden: int, activation: str = "gelu", bias: bool = True):
         super().__init__()
         self.n_heads = n_heads

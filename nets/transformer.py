@@ -1,7 +1,8 @@
 """Decoder-only transformer for token tasks: pre-LN, causal, learned positions, optional weight tying.
 
 Covers the 4-layer model of the routed-transformer study and Nanda et al.'s 1-layer model
-(`norm: none`, `activation: relu`). Shapes: B batch, T positions, D d_model, H heads.
+(`norm: none`, `activation: relu`, `attn_bias: false`, `init_scheme: nanda`). Shapes: B batch, T positions,
+D d_model, H heads.
 """
 from __future__ import annotations
 
@@ -72,11 +73,18 @@ class Block(nn.Module):
         return x + f, attn, routing
 
 
+INIT_SCHEMES = ("normal", "nanda")
+
+
 class Transformer(nn.Module):
     """Token + position embeddings, `n_layers` pre-LN blocks, final norm, unembedding to `num_classes`.
 
     `num_classes` may differ from `vocab_size` (answer-only tasks predict residues only); weight tying needs
-    them equal.
+    them equal. `bias` sets the attention and FFN biases, `attn_bias` (None = `bias`) the attention's alone.
+    `init_scheme`: `normal` draws every weight from N(0, init_std^2); `nanda` follows Nanda et al.'s code
+    (progress-measures-paper, transformers.py), where the scale is set per matrix: N(0, 1/d_model) for every
+    weight but the unembedding's N(0, 1/num_classes) (theirs is 1/(p+1): its = token is a class too), so
+    `init_std` is then ignored. Biases start at zero in both.
     """
 
     input_kind = "tokens"
@@ -95,6 +103,8 @@ class Transformer(nn.Module):
         bias: bool = True,
         tie_weights: bool = False,
         init_std: float = 0.02,
+        attn_bias: bool | None = None,
+        init_scheme: str = "normal",
     ):
         super().__init__()
         require(isinstance(n_layers, int) and n_layers >= 1, "n_layers", n_layers, "an integer >= 1")
@@ -106,17 +116,23 @@ class Transformer(nn.Module):
         require(not tie_weights or num_classes == vocab_size, "tie_weights", tie_weights,
                 f"false when num_classes ({num_classes}) != vocab_size ({vocab_size})")
         require(init_std > 0, "init_std", init_std, "a positive number")
+        require(attn_bias in (None, True, False), "attn_bias", attn_bias, "null (= bias), true or false")
+        require(init_scheme in INIT_SCHEMES, "init_scheme", init_scheme, ", ".join(INIT_SCHEMES))
         d_mlp = d_mlp or 4 * d_model
+        attn_bias = bias if attn_bias is None else attn_bias
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         self.position_embedding = nn.Embedding(seq_len, d_model)
         self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, self.make_ffn(d_model, d_mlp, activation, bias), norm, bias)
+            Block(d_model, n_heads, self.make_ffn(d_model, d_mlp, activation, bias), norm, attn_bias)
             for _ in range(n_layers)
         )
         self.ln_final = make_norm(norm, d_model)
         self.unembed = nn.Linear(d_model, num_classes, bias=False)
-        self.init_std = init_std
+        # subclasses draw their own weights with init_std, so under `nanda` it holds that scheme's 1/sqrt(d_model)
+        self.init_std = d_model**-0.5 if init_scheme == "nanda" else init_std
         self.apply(self._init_weights)
+        if init_scheme == "nanda":
+            nn.init.normal_(self.unembed.weight, std=num_classes**-0.5)
         if tie_weights:
             self.unembed.weight = self.token_embedding.weight
 

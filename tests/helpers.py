@@ -5,6 +5,8 @@ import lightning.pytorch as pl
 import torch
 
 from callbacks.run_checkpoint import RunCheckpoint
+from datamodules import ModularArithmetic
+from datamodules.loaders import EvalBatches
 from lightning_modules.regularizers import Regularizer
 
 
@@ -59,3 +61,26 @@ class RecordingCheckpoint(RunCheckpoint):
     def save(self, trainer):
         super().save(trainer)
         RecordingCheckpoint.saved.append(trainer.global_step)
+
+
+class ValidatesOnTrain(ModularArithmetic):
+    """Modular arithmetic whose validation split is the training split: train and val accuracy then measure the
+    same examples, so they differ only in which weights they see."""
+
+    def val_dataloader(self) -> EvalBatches:
+        return EvalBatches(self.splits["train"], self.eval_batch_size)
+
+
+class TrainAccuracyProbe(pl.Callback):
+    """Before every training step, the train accuracy of the current weights, measured apart from the module's
+    own metrics: `accs[k]` is that of the weights after k optimiser updates. `runs[-1]` is the latest probe."""
+
+    runs: list["TrainAccuracyProbe"] = []
+
+    def __init__(self):
+        self.accs: list[float] = []
+        TrainAccuracyProbe.runs.append(self)
+
+    def on_train_batch_start(self, trainer, pl_module, *args):
+        assert len(self.accs) == trainer.global_step
+        self.accs.append(pl_module.evaluate(trainer.datamodule.splits["train"])["acc"])

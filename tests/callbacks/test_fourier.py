@@ -211,9 +211,10 @@ def test_mlp_run_logs_the_spectrum_of_both_operands(run_config):
     assert "fourier/restricted_loss" not in last.index  # auto: only for 1-layer transformers
 
 
-def test_one_layer_transformer_run_logs_progress_measures(run_config):
+@pytest.mark.parametrize("op_token", [True, False], ids=["a_op_b_eq", "a_b_eq"])
+def test_one_layer_transformer_run_logs_progress_measures(run_config, op_token):
     overrides = [*FOURIER, "experiment=transformer_grok_cpu", "data.p=23", "model.d_model=32", "model.n_heads=2",
-                 "callbacks.grokking_time.stop_after_steps=null"]
+                 "callbacks.grokking_time.stop_after_steps=null", f"data.op_token={str(op_token).lower()}"]
     summary, run_dir = run_config(overrides)
     assert summary["status"] == "completed"
     net, data = final_net(run_dir, overrides)
@@ -223,8 +224,9 @@ def test_one_layer_transformer_run_logs_progress_measures(run_config):
 
     # recompute both losses from the final weights: grid from explicit (a, b) tokens, train pairs from the indices
     a, b = (t.flatten() for t in torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij"))
-    eq, add = data.token_ids()["EQ"], data.token_ids()["op:add"]
-    tokens = torch.stack([a, torch.full_like(a, add), b, torch.full_like(a, eq)], dim=1)
+    eq = torch.full_like(a, data.token_ids()["EQ"])
+    op = [torch.full_like(a, data.token_ids()["op:add"])] if op_token else []
+    tokens = torch.stack([a, *op, b, eq], dim=1)
     with torch.no_grad():
         logits = net(tokens).logits[:, -1].reshape(p, p, p)
     train = torch.zeros(p * p, dtype=torch.bool)

@@ -85,6 +85,22 @@ def test_tokens_format_predicts_residues_only():
     assert dm.all.targets.shape == (121, 1)
 
 
+def test_without_op_token_the_input_is_a_b_eq_and_the_answer_follows_eq():
+    """Nanda et al.'s input: [a, b, =] with = the token p, vocabulary p + 1, the answer read at =."""
+    p = 7
+    dm = ModularArithmetic(p=p, format="tokens", op_token=False)
+    assert dm.token_ids() == {"EQ": 7} and dm.operand_columns == (0, 1)
+    row = 3 * p + 5  # a-major: a = 3, b = 5
+    assert dm.all.inputs[row].tolist() == [3, 5, 7]
+    assert dm.all.targets[row].tolist() == [(3 + 5) % p] and dm.all.loss_mask[row].tolist() == [1.0]
+    spec = dm.spec
+    assert (spec.num_classes, spec.vocab_size, spec.seq_len, spec.answer_position) == (p, p + 1, 3, 0)
+    assert dm.all.inputs.shape == (p * p, 3) and dm.all.targets.shape == (p * p, 1)
+    with_op = ModularArithmetic(p=p, format="tokens")
+    assert with_op.all.inputs[row].tolist() == [3, 7, 5, 8] and with_op.operand_columns == (0, 2)
+    assert torch.equal(with_op.all.targets, dm.all.targets)
+
+
 @pytest.mark.parametrize("test_fraction", [0.0, 0.2])
 def test_splits_are_disjoint_and_complete(test_fraction):
     dm = ModularArithmetic(p=13, train_fraction=0.3, test_fraction=test_fraction)
@@ -149,6 +165,9 @@ def test_full_batch_serves_the_same_tensors_without_copying():
         (dict(train_fraction=0.7, val_fraction=0.4), "val_fraction"),
         (dict(batch_size=0), "batch_size"),
         (dict(loss_on="all", format="onehot"), "loss_on"),
+        (dict(op_token="no"), "op_token"),
+        (dict(op_token=False, format="tokens", operations=["add", "mul"]), "op_token"),
+        (dict(op_token=False, format="sequence"), "op_token"),
     ],
 )
 def test_bad_settings_name_the_key(kwargs, key):
@@ -186,7 +205,8 @@ def storage_bytes(dm: ModularArithmetic) -> int:
 
 
 @pytest.mark.parametrize("kwargs", [dict(p=11), dict(p=13, operations=["add", "div", "mul"]),
-                                    dict(p=11, format="tokens"), dict(p=11, format="sequence", test_fraction=0.2),
+                                    dict(p=11, format="tokens"), dict(p=11, format="tokens", op_token=False),
+                                    dict(p=11, format="sequence", test_fraction=0.2),
                                     dict(p=13, format="sequence", operations=["div", "add"], val_fraction=0.2)])
 def test_memory_estimate_is_close_to_what_the_datamodule_really_holds(kwargs):
     dm = ModularArithmetic(**kwargs)
@@ -203,3 +223,10 @@ def test_a_size_that_cannot_fit_in_memory_is_refused_before_allocating():
 
 def test_is_prime():
     assert [n for n in range(30) if is_prime(n)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+
+
+def test_leaving_out_the_op_token_with_several_operations_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as info:
+        ModularArithmetic(p=7, format="tokens", operations=["add", "mul"], op_token=False)
+    assert str(info.value) == ("op_token=False is not allowed: expected true with several operations (the input "
+                               "must say which applies: add, mul)")

@@ -1,9 +1,12 @@
 import pytest
+import torch
 from torch import nn
 
 from lightning_modules import AdamWRecipe, DecayPolicy
-from lightning_modules.param_groups import split_by_decay
-from nets import MLP, Transformer
+from lightning_modules.param_groups import categories, split_by_decay
+from nets import MLP, GatedMLP, RoutedMLP, RoutedTransformer, Transformer
+from runtime.build import build
+from runtime.compose import compose_config
 from runtime.errors import ConfigError
 
 
@@ -101,3 +104,91 @@ def test_declared_parameters_can_get_their_own_learning_rate():
     scheduler.step()  # warmup scales every group's own lr
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
     assert groups["declared_no_decay"]["lr"] == pytest.approx(1e-2)
+
+
+def transformer_roles(ffn_params: dict[str, str]) -> dict[str, str]:
+    """Roles of a 2-block Transformer's parameters, its blocks' FFN given by `ffn_params` {name: role}."""
+    roles = {"token_embedding.weight": "embedding", "position_embedding.weight": "embedding",
+             "ln_final.weight": "norm", "ln_final.bias": "norm", "unembed.weight": "weight"}
+    for i in range(2):
+        block = {"ln_attn.weight": "norm", "ln_attn.bias": "norm", "ln_ffn.weight": "norm", "ln_ffn.bias": "norm",
+                 "attn.qkv.weight": "weight", "attn.qkv.bias": "bias", "attn.proj.weight": "weight",
+                 "attn.proj.bias": "bias", **ffn_params}
+        roles |= {f"blocks.{i}.{name}": role for name, role in block.items()}
+    return roles
+
+
+LINEAR = {"weight": "weight", "bias": "bias"}
+HEADS = {"heads.up": "weight", "heads.down": "weight", "heads.up_bias": "bias", "heads.down_bias": "bias"}
+
+
+def linears(*names: str) -> dict[str, str]:
+    return {f"{name}.{p}": role for name in names for p, role in LINEAR.items()}
+
+
+# Every net of nets/, small, with the role of each of its parameters written out by hand: a bias is a 1-D
+# (per head: 1-D per head) additive offset after a linear map; norms are LayerNorm scales and shifts.
+NETS = {
+    "mlp": (lambda: MLP(6, 3, hidden_dim=5, n_hidden=2), linears("hidden.0", "hidden.2", "head")),
+    "transformer": (lambda: Transformer(7, 5, 4, n_layers=2, n_heads=1, d_model=8),
+                    transformer_roles(linears("ffn.up", "ffn.down"))),
+    "routed_transformer": (lambda: RoutedTransformer(7, 5, 4, n_ffn_heads=2, n_layers=2, n_heads=1, d_model=8),
+                           transformer_roles({f"ffn.{k}": v for k, v in (HEADS | linears("gate")).items()})),
+    "routed_mlp": (lambda: RoutedMLP(6, 3, d_model=8, d_hidden=8, state_dim=4, n_layers=2, n_heads=2),
+                   linears("embed", "route_init", "head")
+                   | {f"layers.{i}.{k}": v for i in range(2)
+                      for k, v in (HEADS | linears("state_proj", "residual_proj", "gate", "update")).items()}),
+    "gated_mlp": (lambda: GatedMLP(6, 3, hidden_dims=[8, 4, 4]),
+                  linears("embed", "layers.0", "layers.1", "layers.2", "head")
+                  | {"projections.1.weight": "weight", "gate_logits": "weight"}),
+}
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_every_parameter_of_every_net_is_in_the_category_of_its_role(name):
+    make, roles = NETS[name]
+    net = make()
+    assert set(roles) == {n for n, _ in net.named_parameters()}  # the listing above is complete
+    found = categories(net)
+    for role, category in (("bias", "biases"), ("norm", "norms"), ("embedding", "embeddings")):
+        assert found[category] == {n for n, r in roles.items() if r == role}, category
+
+
+def heads_biases(net: nn.Module) -> set[int]:
+    return {id(p) for n, p in net.named_parameters() if n.endswith(("heads.up_bias", "heads.down_bias"))}
+
+
+@pytest.mark.parametrize("name", ["routed_transformer", "routed_mlp"])
+def test_decay_biases_reaches_the_parallel_heads_biases(tmp_path, name):
+    net = NETS[name][0]()
+    for value, group in (("false", "no_decay"), ("true", "decay")):
+        cfg = compose_config([f"model={name}", f"optimizer.decay.biases={value}"], output_dir=tmp_path / value)
+        optimizer, _ = build(cfg.optimizer, "optimizer").build(net)
+        groups = {g["name"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+        assert heads_biases(net) <= groups[group], value
+        assert not heads_biases(net) & groups[{"decay": "no_decay", "no_decay": "decay"}[group]]
+
+
+class Raw(nn.Module):
+    """A project module with raw parameters: an offset named `shift`, and a matrix."""
+
+    def __init__(self):
+        super().__init__()
+        self.matrix = nn.Parameter(torch.ones(2, 2))
+        self.shift = nn.Parameter(torch.zeros(2))
+
+
+def test_a_project_module_must_state_the_roles_of_its_raw_parameters():
+    with pytest.raises(ValueError, match=r"Raw\.matrix has no role.*parameter_roles"):
+        categories(Raw())
+
+    class Stated(Raw):
+        parameter_roles = {"matrix": "weight", "shift": "bias"}
+
+    assert categories(Stated())["biases"] == {"shift"}
+
+    class Misstated(Raw):
+        parameter_roles = {"matrix": "weight", "shift": "offset"}
+
+    with pytest.raises(ValueError, match="'offset'"):
+        categories(Misstated())

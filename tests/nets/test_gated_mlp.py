@@ -61,6 +61,83 @@ def test_weighted_cost_counts_heavier_layers_more():
     assert ComputeCost("weighted", 1.0).term(out).item() == pytest.approx(1.25)
 
 
+def gate_gradient(model, kind, x):
+    """(penalty, d penalty / d gate logits) of compute cost `kind` on the net's gates."""
+    model.zero_grad()
+    cost = ComputeCost(kind, 1.0).term(model(x))
+    cost.backward()
+    return cost.detach(), model.gate_logits.grad.clone()
+
+
+def test_unequal_widths_make_weighted_and_sum_differ():
+    model = GatedMLP(in_features=6, num_classes=3, hidden_dims=[16, 8, 8, 4], gate_init=0.5)
+    with torch.no_grad():
+        model.gate_logits.copy_(torch.tensor([0.3, -0.2, 1.0, 0.5]))
+    x = torch.randn(5, 6)
+    total, grad_sum = gate_gradient(model, "sum", x)
+    weighted, grad_weighted = gate_gradient(model, "weighted", x)
+    relative = torch.tensor([16.0**2, 8.0**2, 8.0**2, 4.0**2]) / 16.0**2  # each layer's matmul, heaviest = 1
+    torch.testing.assert_close(model.layer_flops, torch.tensor([2.0 * w * w for w in (16, 8, 8, 4)]))
+    g = torch.sigmoid(model.gate_logits.detach())
+    torch.testing.assert_close(weighted, (g * relative).sum())
+    assert weighted < total - 0.5
+    torch.testing.assert_close(grad_weighted, grad_sum * relative)
+    assert not torch.allclose(grad_weighted, grad_sum)
+
+
+def test_equal_widths_make_weighted_the_sum_times_the_per_layer_flops_over_the_heaviest():
+    model = net(gate_init=0.5)
+    with torch.no_grad():
+        model.gate_logits.copy_(torch.tensor([0.3, -0.2, 1.0, 0.5]))
+    x = torch.randn(5, 6)
+    flops = 2.0 * 8 * 8  # the known count: hidden_dim=8, one 8 x 8 matmul per layer
+    assert model.layer_flops.tolist() == [flops] * 4
+    total, grad_sum = gate_gradient(model, "sum", x)
+    weighted, grad_weighted = gate_gradient(model, "weighted", x)
+    torch.testing.assert_close(weighted, total * (flops / flops), rtol=1e-7, atol=0)
+    torch.testing.assert_close(grad_weighted, grad_sum * (flops / flops), rtol=1e-7, atol=0)
+
+
+def test_one_width_is_the_plain_gated_net_with_the_same_initial_weights():
+    torch.manual_seed(0)
+    listed = GatedMLP(in_features=6, num_classes=3, hidden_dims=[8, 8, 8, 8], hidden_dim=None, n_layers=None)
+    plain = net()
+    assert set(plain.state_dict()) == {"embed.weight", "embed.bias", "head.weight", "head.bias", "gate_logits"} | {
+        f"layers.{i}.{p}" for i in range(4) for p in ("weight", "bias")}  # no projections
+    for (name, a), (_, b) in zip(listed.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_closed_gate_skips_its_layer_and_widths_change_through_projections_alone():
+    model = GatedMLP(in_features=6, num_classes=3, hidden_dims=[16, 8, 8, 4])
+    assert [type(p).__name__ for p in model.projections] == ["Identity", "Linear", "Identity", "Linear"]
+    assert model.projections[1].weight.shape == (8, 16) and model.projections[3].weight.shape == (4, 8)
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        model.gate_logits[1] = -1e4  # layer 1 off: its weights change nothing
+        before = model(x).logits
+        model.layers[1].weight.normal_()
+        torch.testing.assert_close(model(x).logits, before, rtol=0, atol=0)
+        model.gate_logits.fill_(-1e4)  # every gate off: embed -> projections -> head
+        h = model.projections[3](model.projections[1](model.embed(x)))
+        torch.testing.assert_close(model(x).logits, model.head(h))
+
+
+@pytest.mark.parametrize("kw, allowed", [
+    (dict(hidden_dims=[8, 4], hidden_dim=8), "null while model.hidden_dim or model.n_layers is set"),
+    (dict(hidden_dims=[8, 4], n_layers=2), "null while model.hidden_dim or model.n_layers is set"),
+    (dict(hidden_dims=[]), "a non-empty list of positive integers"),
+    (dict(hidden_dims=[8, 0]), "a non-empty list of positive integers"),
+    (dict(hidden_dims=8), "a non-empty list of positive integers"),
+])
+def test_bad_widths_are_one_line_errors_under_the_model_group(kw, allowed):
+    with pytest.raises(ConfigError) as info:
+        GatedMLP(in_features=6, num_classes=3, **kw)
+    message = str(info.value.under("model"))
+    assert info.value.key == "hidden_dims" and message.startswith("model.hidden_dims=") and allowed in message
+    assert "\n" not in message
+
+
 def test_bad_gate_settings():
     with pytest.raises(ConfigError):
         net(gate_type="relu")
@@ -84,3 +161,19 @@ def test_compute_cost_lowers_effective_depth_from_the_same_init(run_config):
     free_depth, pressed_depth = final_effective_depth(free), final_effective_depth(pressed)
     print(f"effective depth after 200 steps: lambda=0 {free_depth:.3f}, lambda=0.5 {pressed_depth:.3f}")
     assert pressed_depth < free_depth - 1.0
+
+
+def test_short_run_with_one_width_per_layer_trains(run_config):
+    _, run_dir = run_config(["experiment=least_action", "data.p=11", "model.hidden_dims=[64,32,32,16]",
+                             "model.hidden_dim=null", "model.n_layers=null", "regularizer=compute_weighted",
+                             "optimizer.lr=1e-2", "trainer.max_steps=100", "trainer.log_every_n_steps=10"])
+    with open(run_dir / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    print(f"train/loss over 100 steps: {losses[0]:.3f} -> {losses[-1]:.3f}")
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_widths_and_one_width_at_once_are_refused_when_the_run_is_configured(run_config):
+    with pytest.raises(ConfigError, match=r"^model\.hidden_dims=\[64, 32\] is not allowed: expected null while "
+                                          r"model\.hidden_dim or model\.n_layers is set"):
+        run_config(["experiment=least_action", "model.hidden_dims=[64,32]"])

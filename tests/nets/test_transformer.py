@@ -52,9 +52,32 @@ def test_nanda_style_model_has_no_norms():
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in net.modules())
 
 
+def test_attention_biases_can_be_left_out_alone():
+    names = {name for name, _ in small(attn_bias=False).named_parameters() if name.endswith("bias")}
+    assert names == {f"blocks.{i}.{part}.bias" for i in range(2) for part in ("ffn.up", "ffn.down", "ln_attn",
+                                                                               "ln_ffn")} | {"ln_final.bias"}
+    assert {name for name, _ in small().named_parameters()} >= {"blocks.0.attn.qkv.bias", "blocks.0.attn.proj.bias"}
+    assert not any(name.endswith("bias") and "ln" not in name
+                   for name, _ in small(bias=False, attn_bias=True).named_parameters() if ".ffn." in name)
+
+
+def test_nanda_init_scales_each_matrix_like_their_code():
+    """N(0, 1/d_model) for embeddings, attention and MLP weights; N(0, 1/classes) for the unembedding; zero biases."""
+    torch.manual_seed(0)
+    net = Transformer(vocab_size=114, num_classes=113, seq_len=3, n_layers=1, d_model=128, norm="none",
+                      init_scheme="nanda", init_std=0.5)  # init_std is ignored under this scheme
+    stds = {name: p.std().item() for name, p in net.named_parameters() if not name.endswith("bias")}
+    for name, std in stds.items():
+        expected = 113**-0.5 if name == "unembed.weight" else 128**-0.5
+        assert std == pytest.approx(expected, rel=0.1), name
+    assert all(p.abs().max() == 0 for name, p in net.named_parameters() if name.endswith("bias"))
+    assert net.init_std == 128**-0.5  # what subclasses draw their own weights with
+
+
 @pytest.mark.parametrize("kw, key", [(dict(d_model=30, n_heads=4), "n_heads"), (dict(d_model=0), "d_model"),
                                      (dict(norm="batch"), "norm"), (dict(activation="tanh"), "activation"),
-                                     (dict(n_layers=0), "n_layers")])
+                                     (dict(n_layers=0), "n_layers"), (dict(init_scheme="xavier"), "init_scheme"),
+                                     (dict(attn_bias="no"), "attn_bias")])
 def test_bad_settings(kw, key):
     with pytest.raises(ConfigError) as info:
         Transformer(vocab_size=10, num_classes=10, seq_len=4, **kw)
