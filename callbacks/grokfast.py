@@ -11,15 +11,22 @@ scaled by λ, so the optimiser (AdamW here) steps on
 Defaults are the paper's: ema α = 0.98, λ = 2.0; ma w = 100, λ = 5.0. As in the authors' reference code, the
 MA filter leaves the gradient unchanged until the window holds w gradients (`warmup=True`), and the EMA
 starts from the first gradient (h_0 = g_1, so ĝ_1 = (1+λ)·g_1; `ema_init="zero"` starts from h_0 = 0 instead).
-The filter state is built from raw gradients only; it never sees its own output.
+The filter state is built from the gradients backward gives (clipped, when clipping is on); it never sees
+its own output.
 
-Where it runs in Lightning 2.6 (automatic optimisation): the optimiser step closure runs forward and backward,
-then `Precision._after_closure` calls the callbacks' `on_before_optimizer_step` (this filter), then the
-module's, then `configure_gradient_clipping` (`trainer.gradient_clip_val`), then `optimizer.step()`. So
-clipping acts on the *filtered* gradient: with norm clipping an amplified gradient is scaled back to the clip
-value, and only its direction keeps the slow component's extra weight. Under fp16 AMP the gradients are
-already unscaled here; a step with a non-finite gradient (which the scaler will skip) leaves the filter state
-untouched. Gradient accumulation filters the accumulated gradient, once per optimiser step.
+Where it runs, and gradient clipping: the reference code (ironjr/grokfast, main.py) filters between
+`loss.backward()` and `optimizer.step()` and never clips. Lightning 2.6 calls the callbacks'
+`on_before_optimizer_step` (where the filter runs) *before* it clips with `trainer.gradient_clip_val`, so a
+norm clip would scale the amplified gradient back to the clip value and cancel most of the gain. This callback
+therefore takes the trainer's clipping over at fit start (the trainer's value is set to None until fit ends) and
+clips the raw gradient itself, with Lightning's own clipping, before filtering: the optimiser steps on
+filter(clip(g)), and nothing acts between the filter and the step, as in the reference code.
+Without a clip value (the paper's regime) nothing is clipped.
+
+Under fp16 AMP the gradients are unscaled before this hook for a non-fused optimiser; a step with a non-finite
+gradient (which the scaler will skip) leaves the filter state untouched. A fused optimiser unscales inside its
+own step, after the filter, so that combination is refused at fit start. Gradient accumulation filters the
+accumulated gradient, once per optimiser step.
 
 Memory: ema keeps one copy of every parameter, ma keeps w copies (the window).
 """
@@ -30,9 +37,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor
 
-from runtime.errors import require
+from runtime.errors import ConfigError, require
 
 FILTERS = ("ema", "ma")
 EMA_INITS = ("first", "zero")
@@ -62,7 +70,12 @@ class Grokfast(Callback):
     filter: "ema" or "ma". alpha: EMA momentum in [0, 1). lamb: λ, the slow component's gain (null = the
     paper's default for the filter: 2.0 for ema, 5.0 for ma). window_size: w for ma. warmup: ma leaves the
     gradient alone until the window is full. ema_init: "first" (h_0 = first gradient, the reference code) or
-    "zero" (h_0 = 0). The filter state is kept per parameter name and saved in checkpoints.
+    "zero" (h_0 = 0). l2: adds l2·θ to the filtered gradient, which is what the reference runs' optimiser,
+    torch.optim.Adam(weight_decay=l2), does first thing in its step (their ema runs use 0.005, ma 0.01); with
+    optimizer.weight_decay=0 the framework's AdamW then steps as their Adam. (AdamW's own weight decay is
+    decoupled: a different, far weaker decay at these values.) The filter state is kept per parameter name
+    and saved in checkpoints. The trainer's gradient clipping, if any, is applied by this callback to the raw
+    gradient, before the filter.
     """
 
     def __init__(
@@ -73,6 +86,7 @@ class Grokfast(Callback):
         window_size: int = 100,
         warmup: bool = True,
         ema_init: str = "first",
+        l2: float = 0.0,
     ):
         require(filter in FILTERS, "filter", filter, f"one of {', '.join(FILTERS)}")
         require(isinstance(alpha, (int, float)) and 0 <= alpha < 1, "alpha", alpha, "a number in [0, 1)")
@@ -83,9 +97,12 @@ class Grokfast(Callback):
                 "window_size", window_size, "an integer >= 1")
         require(isinstance(warmup, bool), "warmup", warmup, "true or false")
         require(ema_init in EMA_INITS, "ema_init", ema_init, f"one of {', '.join(EMA_INITS)}")
+        require(isinstance(l2, (int, float)) and not isinstance(l2, bool) and 0 <= l2 < float("inf"), "l2", l2,
+                "a finite number >= 0")
         self.filter, self.alpha, self.lamb = filter, float(alpha), float(lamb)
-        self.window_size, self.warmup, self.ema_init = window_size, warmup, ema_init
+        self.window_size, self.warmup, self.ema_init, self.l2 = window_size, warmup, ema_init, float(l2)
         self.state: dict[str, Tensor] = {}  # parameter name -> EMA h (shape of the parameter) or MA window (k, *shape)
+        self.clip: tuple[float, GradClipAlgorithmType] | None = None  # taken from the trainer for the fit
 
     def _initial_state(self, grad: Tensor) -> Tensor:
         if self.filter == "ma":
@@ -102,8 +119,25 @@ class Grokfast(Callback):
             filtered, self.state[name] = ma_filter(grad, state, self.window_size, self.lamb, self.warmup)
         return filtered
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Take the trainer's clipping over, so that it acts before the filter (after configure_optimizers,
+        which may pick a clip-compatible optimiser from the trainer's value)."""
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and any(getattr(o, "_step_supports_amp_scaling", False) for o in trainer.optimizers):
+            raise ConfigError("optimizer.fused", True, "false with Grokfast under 16-mixed precision (a fused "
+                              "optimiser unscales the gradients inside its step, after the filter)")
+        if trainer.gradient_clip_val:
+            self.clip = (trainer.gradient_clip_val, GradClipAlgorithmType(trainer.gradient_clip_algorithm or "norm"))
+            trainer.gradient_clip_val = None
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.clip is not None:  # hand the clipping back
+            trainer.gradient_clip_val, self.clip = self.clip[0], None
+
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
+        if self.clip is not None:
+            trainer.precision_plugin.clip_gradients(optimizer, *self.clip)
         stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}  # this optimiser's only
         named = [(name, p) for name, p in pl_module.named_parameters() if id(p) in stepped and p.grad is not None]
         if not named:
@@ -113,7 +147,8 @@ class Grokfast(Callback):
             return
         with torch.no_grad():
             for name, p in named:
-                p.grad.copy_(self.filter_gradient(name, p.grad))
+                filtered = self.filter_gradient(name, p.grad)
+                p.grad.copy_(filtered + self.l2 * p if self.l2 else filtered)
 
     def state_dict(self) -> dict[str, Any]:
         return {"filter": self.filter, "state": {name: t.detach().clone() for name, t in self.state.items()}}

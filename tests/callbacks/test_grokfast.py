@@ -1,6 +1,8 @@
-"""Grokfast gradient filters: closed forms of the EMA and MA filters, where the callback sits relative to
-gradient clipping, exact checkpoint round trips, and real runs through the launcher (including resume)."""
+"""Grokfast gradient filters: closed forms of the EMA and MA filters, the clip acting on the raw gradient before
+the filter, exact checkpoint round trips, the paper's regime as composed, and real runs through the launcher
+(including resume)."""
 import io
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -146,24 +148,96 @@ class OneWeight(pl.LightningModule):
         return [torch.zeros(1)] * 4
 
 
-def test_filter_runs_before_gradient_clipping():
-    # filter then clip: 10 -> (1+λ)·10 = 30 -> clipped to 1, so w moves by -1 per step.
-    # (clip then filter would move it by -(1+λ)·1 = -3 per step.)
+def fit_one_weight(callbacks, **trainer_kwargs) -> pl.Trainer:
     module = OneWeight()
-    trainer = pl.Trainer(max_steps=3, callbacks=[Grokfast(filter="ema", lamb=2.0)], gradient_clip_val=1.0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(max_steps=3, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", **trainer_kwargs)
     trainer.fit(module)
-    assert module.w.item() == pytest.approx(-3.0)
+    return trainer
+
+
+def test_clipping_acts_on_the_raw_gradient_before_the_filter_and_is_handed_back_after_fit():
+    # clip then filter (EMA from the first gradient): 10 -> clipped to 1 -> (1+λ)·1 = 3, so w moves by -3 a step.
+    # (filter then clip, Lightning's own hook order, would give 30 -> 1: -1 a step.)
+    grokfast = Grokfast(filter="ema", lamb=2.0)
+    trainer = fit_one_weight([grokfast], gradient_clip_val=1.0)
+    assert trainer.lightning_module.w.item() == pytest.approx(-9.0)
+    assert trainer.gradient_clip_val == 1.0 and grokfast.clip is None
+
+
+def test_a_fused_optimiser_under_fp16_scaling_is_refused():
+    # it would unscale inside its step, after the filter: the filter (and the clip) would see scaled gradients
+    fused = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], fused=True)
+    trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()), optimizers=[fused],
+                              gradient_clip_val=None)
+    with pytest.raises(ConfigError, match="^optimizer.fused="):
+        Grokfast().on_fit_start(trainer, None)
+    trainer.precision_plugin.scaler = None  # bf16-mixed or 32-bit: nothing to unscale
+    Grokfast().on_fit_start(trainer, None)
+
+
+class VaryingGradients(pl.LightningModule):
+    """loss_t = a_t·w + e_t·b: the gradient at step t is (a_t, e_t), whatever the weights. SGD with lr 1 and no
+    momentum moves the weights by minus exactly the gradient it is given, so the update is observable."""
+
+    GRADS = torch.tensor([[3.0, -4.0, 0.5, 2.0, 1.0], [-1.0, 2.0, 6.0, -0.5, 0.0], [0.2, 0.1, -0.3, 0.4, 0.2],
+                          [5.0, 5.0, -5.0, 1.0, -2.0], [-0.7, 0.3, 0.9, -8.0, 4.0]])
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3))
+        self.b = torch.nn.Parameter(torch.zeros(2))
+        self.updates: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        self._before = torch.cat([self.w, self.b]).detach().clone()
+        return batch[0, :3] @ self.w + batch[0, 3:] @ self.b
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.updates.append(torch.cat([self.w, self.b]).detach() - self._before)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.GRADS, batch_size=1)  # batches (1, 5), in order
+
+
+def clipped(grad: torch.Tensor, algorithm: str, clip: float) -> torch.Tensor:
+    """Lightning's clips, by hand: norm (torch's clip_grad_norm_, with its 1e-6) or each value to [-clip, clip]."""
+    if algorithm == "value":
+        return grad.clamp(-clip, clip)
+    return grad * min(1.0, clip / (grad.norm().item() + 1e-6))
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_the_applied_update_is_filter_of_clip_of_the_gradient(algorithm):
+    alpha, lamb, clip = 0.9, 50.0, 1.0  # a huge λ: filter-then-clip would bring every update back to the clip
+    module = VaryingGradients()
+    trainer = pl.Trainer(max_steps=5, callbacks=[Grokfast(filter="ema", alpha=alpha, lamb=lamb)],
+                         gradient_clip_val=clip, gradient_clip_algorithm=algorithm, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    trainer.fit(module)
+    h = None
+    for grad, update in zip(VaryingGradients.GRADS, module.updates, strict=True):
+        c = clipped(grad, algorithm, clip)
+        h = c if h is None else alpha * h + (1 - alpha) * c  # the reference code's EMA: h_0 = first gradient
+        expected = c + lamb * h
+        assert torch.allclose(update, -expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(update, -clipped(expected, algorithm, clip), rtol=1e-2)  # not clip(filter(g))
+    assert len(module.updates) == 5
+
+
+def test_without_a_clip_value_the_gradient_is_only_filtered():
+    # the paper's regime: no clipping at all, 10 -> 30 a step
+    trainer = fit_one_weight([Grokfast(filter="ema", lamb=2.0)])
+    assert trainer.lightning_module.w.item() == pytest.approx(-90.0)
 
 
 def test_lambda_zero_leaves_the_gradient_alone():
-    module = OneWeight()
-    trainer = pl.Trainer(max_steps=3, callbacks=[Grokfast(filter="ma", window_size=2, lamb=0.0)],
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
-    trainer.fit(module)
-    assert module.w.item() == pytest.approx(-30.0)  # λ = 0: the plain gradient 10, three steps
+    trainer = fit_one_weight([Grokfast(filter="ma", window_size=2, lamb=0.0)])
+    assert trainer.lightning_module.w.item() == pytest.approx(-30.0)  # λ = 0: the plain gradient 10, three steps
 
 
 GROKFAST_EMA = "+callbacks.grokfast={_target_: callbacks.grokfast.Grokfast, filter: ema}"
@@ -187,8 +261,9 @@ def test_resume_with_a_moving_average_filter_matches_an_uninterrupted_run(run_co
 
 
 def test_grokfast_reaches_095_in_fewer_steps_from_the_same_init(run_config):
-    """p=23 addition, 80% train, lr 1e-3, wd 1: measured 5,400 steps to val acc 0.95 without, 3,775 with
-    EMA λ=5 (the paper's λ=2 gives 5,325: its gain grows with λ here)."""
+    """p=23 addition, 80% train, lr 1e-3, wd 1, the default clip 1.0 (applied before the filter): measured
+    5,375 steps to val acc 0.95 without, 4,125 with EMA λ=5 (the paper's λ=2 gives 5,250: its gain grows with
+    λ here)."""
     task = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optimizer.lr=1e-3", "threads=1",
             "trainer.max_steps=8000", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25",
             "callbacks.grokking_time.val_thresholds=[0.95]", "callbacks.grokking_time.grokked_threshold=0.95",
@@ -199,3 +274,94 @@ def test_grokfast_reaches_095_in_fewer_steps_from_the_same_init(run_config):
     key = "grok/val_acc_0.95_step"
     assert plain["grok"][key] is not None and fast["grok"][key] is not None
     assert fast["grok"][key] < 0.85 * plain["grok"][key]
+
+
+@pytest.mark.parametrize("experiment, p, d_model", [("grokfast_paper", 97, 128), ("grokfast_paper_cpu", 97, 64)])
+def test_the_paper_experiment_composes_to_the_papers_task_and_regime(experiment, p, d_model):
+    """ironjr/grokfast main.py: x·y mod 97, 50% train, batch 512, 2 layers of width 128 with 4 heads, Adam
+    lr 1e-3 betas (0.9, 0.98) with 10 warmup steps, no clipping; filters α 0.98 λ 2 / w 100 λ 5."""
+    from runtime.build import build
+    from runtime.compose import compose_config
+
+    cfg = compose_config([f"experiment={experiment}"])
+    assert (cfg.data.p, list(cfg.data.operations), cfg.data.format) == (p, ["mul"], "tokens")
+    assert (cfg.data.train_fraction, cfg.data.batch_size) == (0.5, 512)
+    model = cfg.model
+    assert (model.n_layers, model.n_heads, model.d_model, model.d_mlp) == (2, 4, d_model, 4 * d_model)
+    assert (model.activation, model.norm) == ("gelu", "layernorm")
+    assert cfg.trainer.gradient_clip_val is None
+    assert cfg.callbacks.grokking_time.grokked_threshold == 0.95
+    assert 0.95 in cfg.callbacks.grokking_time.val_thresholds
+    recipe = build(cfg.optimizer, "optimizer")
+    assert (recipe.lr, recipe.betas, recipe.eps, recipe.warmup_steps) == (1e-3, (0.9, 0.98), 1e-8, 10)
+    optimizer, _ = recipe.build(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)))
+    assert all(group["weight_decay"] == 0 for group in optimizer.param_groups)  # AdamW without decay is Adam
+    assert "grokfast" not in cfg.callbacks  # the no-filter arm
+
+    ema = compose_config([f"experiment={experiment}", "grokfast=ema"]).callbacks.grokfast
+    ma = compose_config([f"experiment={experiment}", "grokfast=ma"]).callbacks.grokfast
+    assert (ema.filter, ema.alpha, ema.lamb, ema.l2) == ("ema", 0.98, 2.0, 0.0)
+    assert (ma.filter, ma.window_size, ma.lamb, ma.warmup, ma.l2) == ("ma", 100, 5.0, True, 0.0)
+
+
+class Quadratic(pl.LightningModule):
+    """loss_t = |w - x_t|²·(1 + |w|²)/2 for a different x_t each step: gradients depend on the weights."""
+
+    TARGETS = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 4))
+
+    @staticmethod
+    def loss(w, x):
+        return ((w - x) ** 2).sum() * (1 + (w**2).sum()) / 2
+
+    def training_step(self, batch, batch_idx):
+        return self.loss(self.w, batch[0])
+
+    def configure_optimizers(self):  # the framework's optimiser with its own decay off
+        return torch.optim.AdamW(self.parameters(), lr=0.05, betas=(0.9, 0.98), weight_decay=0.0)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.TARGETS, batch_size=1)
+
+
+def test_l2_makes_the_step_the_reference_codes_adam_with_weight_decay():
+    # ironjr/grokfast main.py: gradfilter_ema on p.grad, then torch.optim.Adam(weight_decay=wd).step()
+    alpha, lamb, l2 = 0.98, 2.0, 0.01
+    module = Quadratic()
+    trainer = pl.Trainer(max_steps=6, callbacks=[Grokfast(filter="ema", alpha=alpha, lamb=lamb, l2=l2)],
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module)
+
+    w = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 4))
+    adam = torch.optim.Adam([w], lr=0.05, betas=(0.9, 0.98), weight_decay=l2)
+    h = None
+    for x in Quadratic.TARGETS:
+        adam.zero_grad()
+        Quadratic.loss(w, x).backward()
+        h = w.grad.clone() if h is None else alpha * h + (1 - alpha) * w.grad
+        w.grad += lamb * h
+        adam.step()
+    assert torch.allclose(module.w.detach(), w.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(w.detach(), torch.linspace(-1.0, 1.0, 4), atol=1e-2)  # it did move
+
+
+def test_the_benchs_paper_arms_compose_to_the_papers_filters_and_l2():
+    """bench/time_to_grok.py --paper: the reference runs' settings per arm (README commands of ironjr/grokfast);
+    with one --l2 for all, the no-filter arm only adds the L2 (λ = 0)."""
+    from bench.time_to_grok import arm_overrides
+    from runtime.compose import compose_config
+
+    def grokfast(arm, l2):
+        return compose_config(["experiment=grokfast_paper_cpu", *arm_overrides(arm, l2)]).callbacks.get("grokfast")
+
+    assert grokfast("none", "paper") is None
+    ma, ema = grokfast("ma", "paper"), grokfast("ema", "paper")
+    assert (ma.filter, ma.window_size, ma.lamb, ma.l2) == ("ma", 100, 5.0, 0.01)
+    assert (ema.filter, ema.alpha, ema.lamb, ema.l2) == ("ema", 0.98, 2.0, 0.005)
+    plain = grokfast("none", "0.005")
+    assert (plain.lamb, plain.l2) == (0.0, 0.005)
+    assert grokfast("ema", "0.005").l2 == 0.005 and grokfast("none", "0") is None
