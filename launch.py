@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import time
@@ -34,7 +33,7 @@ from runtime.quiet import quiet_library_noise
 from runtime.resume import check_same_model, read_checkpoint, starting_point
 from runtime.run_dir import register_resolvers
 from runtime.signals import stop_request
-from runtime.summary import close_summary, grok_summary
+from runtime.summary import close_summary, finite_or_null, grok_summary
 
 
 def overrides() -> list[str]:
@@ -137,14 +136,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         wall = close_summary(out, summary, loggers, started, write=rank_zero_only.rank == 0)
         say(f"{summary['status']} after {summary.get('steps', 0)} steps in {wall:.1f} s; outputs in {out}")
     return summary
-
-
-def finite_or_null(metrics: dict[str, float]) -> dict[str, float | None]:
-    """JSON has no NaN: a non-finite value is written as null (and named under `non_finite`)."""
-    values = {key: float(value) for key, value in metrics.items()}
-    bad = [key for key, value in values.items() if not math.isfinite(value)]
-    return {key: (None if key in bad else value) for key, value in values.items()} | (
-        {"non_finite": bad} if bad else {})
 
 
 def keep_diverged_weights(trainer: pl.Trainer, module: pl.LightningModule, out: Path, err: NonFiniteLossError,

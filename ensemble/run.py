@@ -23,7 +23,7 @@ from runtime.init import prepare_init
 from runtime.loggers import wandb_identity
 from runtime.quiet import quiet_library_noise
 from runtime.checks import check_run_settings
-from runtime.summary import close_summary, grok_summary
+from runtime.summary import close_summary, finite_or_null, grok_summary
 
 PROGRESS = ("ensemble/training", "ensemble/val_acc_min", "ensemble/val_acc_max")
 
@@ -129,5 +129,5 @@ def finish_members(module: EnsembleModule, datamodule, members: Sequence[Member]
     ensemble = {"size": len(members), "device": str(device)}
     for index, member in enumerate(members):
         member.save_weights(module.stacked.member_state(index), member.steps, ensemble | {"index": index})
-        member.summary |= {"device": str(device), "final": final[index], **grok_summary(member.grok),
+        member.summary |= {"device": str(device), "final": finite_or_null(final[index]), **grok_summary(member.grok),
                            "checkpoints": ["checkpoints/last.ckpt"], "ensemble": ensemble | {"index": index}}

@@ -41,6 +41,15 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
         return {}
 
 
+def finite_or_null(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Final metrics for summary.json: a non-finite value is null and named under `non_finite`, never passed off
+    as a number (JSON has no NaN)."""
+    values = {key: float(value) for key, value in metrics.items()}
+    bad = [key for key, value in values.items() if not math.isfinite(value)]
+    return {key: (None if key in bad else value) for key, value in values.items()} | (
+        {"non_finite": bad} if bad else {})
+
+
 def grok_summary(grok) -> dict[str, Any]:
     """What a run's `GrokkingTime` (or None) contributes to its summary."""
     part: dict[str, Any] = {"grok": dict(grok.steps) if grok else {},
