@@ -1,4 +1,4 @@
-"""Name a run's training dynamics from its accuracy curves, with the categories of seed 003.
+"""Name a run's training dynamics from its accuracy curves, with the categories of the conditions-for-grokking study.
 
 Answer accuracy is read on train and validation; t_fit is the first step train accuracy reaches `fit` (0.99),
 t_gen the first step validation accuracy reaches `generalised` (0.95). In order:

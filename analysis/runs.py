@@ -1,6 +1,6 @@
 """One run folder as an analysis reads it: composed config, overrides, summary.json and the merged metrics.
 
-Everything comes from the files `launch.py` leaves behind (DESIGN.md, "A run's folder"); nothing is recomputed.
+Everything comes from the files `launch.py` leaves behind (docs/architecture.md, "A run's folder"); nothing is recomputed.
 A damaged file (a run killed mid-write, two runs writing one folder) never stops the analysis: what can be read is
 kept, and what is wrong is reported as a warning naming the file (logger `analysis`, and `Run.problems`).
 """

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analysis.dynamics import classify_dynamics
-from datamodules.loss_bounds import classify_phase, loss_bounds
 from analysis.sweep import Job, find_jobs, relative_name
+from datamodules.loss_bounds import classify_phase, loss_bounds
 
 FINAL_METRICS = ("train/acc", "val/acc", "test/acc")
 DEPTH = "gates/effective_depth"
@@ -86,7 +86,8 @@ def dynamics(run) -> str | None:
 
 
 def loss_phase(data: dict, final: dict) -> str | None:
-    """Sequence tasks: where the final train/val loss stand against the task's loss bounds (seed 003); used for
+    """Sequence tasks: where the final train/val loss stand against the task's loss bounds (the
+    conditions-for-grokking study); used for
     runs whose summary.json has no `loss_phase` (the grokking callback's own classification) of its own."""
     if data.get("format") != "sequence" or "train/loss" not in final or "val/loss" not in final:
         return None

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.overhead import alternating, framework  # noqa: E402
-from runtime.compose import compose_config  # noqa: E402
+from runtime.config.compose import compose_config  # noqa: E402
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ from bench.overhead import ACCELERATOR, StepTimer  # noqa: E402
 from ensemble.members import Member  # noqa: E402
 from ensemble.run import run_ensemble  # noqa: E402
 from launch import run  # noqa: E402
-from runtime.build import build  # noqa: E402
-from runtime.compose import compose_config  # noqa: E402
+from runtime.config.build import build  # noqa: E402
+from runtime.config.compose import compose_config  # noqa: E402
 
 
 def configs(overrides: list[str], seeds: range, root: Path):

@@ -27,11 +27,12 @@ from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datamodules import Batch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+
+from datamodules import Batch  # noqa: E402
 from launch import run  # noqa: E402
-from runtime.build import build_net  # noqa: E402
-from runtime.compose import compose_config  # noqa: E402
+from runtime.config.build import build_net  # noqa: E402
+from runtime.config.compose import compose_config  # noqa: E402
 
 ACCELERATOR = {"cpu": "cpu", "cuda": "gpu"}
 
@@ -67,22 +68,25 @@ def plain_loop(cfg, steps: int, warmup: int, device: str) -> tuple[float, float]
     net = build_net(cfg.model, data.spec).to(device)
     optimizer, scheduler = instantiate(cfg.optimizer).build(net)
     train, val = (Batch(*(t.to(device) for t in data.splits[name])) for name in ("train", "val"))
-    answer = data.spec.answer_position
     log_every, val_every = cfg.trainer.log_every_n_steps, cfg.trainer.val_check_interval
 
-    def loss_and_answer_logits(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_and_logits(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = net(batch.inputs).logits
         logits = logits[:, -batch.targets.shape[1]:] if logits.ndim == 3 else logits[:, None]
         if batch.targets.shape[1] == 1:
-            return F.cross_entropy(logits[:, 0], batch.targets[:, 0]), logits[:, 0]
+            return F.cross_entropy(logits[:, 0], batch.targets[:, 0]), logits
         ce = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), reduction="none")
-        return (ce * batch.loss_mask.flatten()).sum() / batch.loss_mask.sum(), logits[:, answer]
+        return (ce * batch.loss_mask.flatten()).sum() / batch.loss_mask.sum(), logits
+
+    def accuracy(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        right = (logits.argmax(-1) == batch.targets) & batch.answer_mask
+        return right.sum() / batch.answer_mask.sum()
 
     for step in range(1, steps + 1):
         if step == warmup + 1:
             synchronize(device)
             steady = time.perf_counter()
-        loss, logits = loss_and_answer_logits(train)
+        loss, logits = loss_and_logits(train)
         optimizer.zero_grad()
         loss.backward()
         if cfg.trainer.gradient_clip_val is not None:
@@ -90,12 +94,12 @@ def plain_loop(cfg, steps: int, warmup: int, device: str) -> tuple[float, float]
         optimizer.step()
         scheduler.step()
         if step % log_every == 0:
-            (logits.argmax(-1) == train.targets[:, answer]).float().mean().item()
+            accuracy(logits, train).item()
         if step % val_every == 0:
             with torch.no_grad():
-                val_loss, val_logits = loss_and_answer_logits(val)
+                val_loss, val_logits = loss_and_logits(val)
                 val_loss.item()
-                (val_logits.argmax(-1) == val.targets[:, answer]).float().mean().item()
+                accuracy(val_logits, val).item()
     synchronize(device)
     ended = time.perf_counter()
     return (steps - warmup) / (ended - steady), steps / (ended - started)

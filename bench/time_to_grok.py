@@ -37,8 +37,8 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
 from launch import run  # noqa: E402
-from runtime.build import build, build_net  # noqa: E402
-from runtime.compose import compose_config  # noqa: E402
+from runtime.config.build import build, build_net  # noqa: E402
+from runtime.config.compose import compose_config  # noqa: E402
 
 TASKS = {
     "mlp": ["experiment=mlp_grok"],  # p=97, 50% train, wd 1: groks in ~4,000 full-batch steps

@@ -1,8 +1,10 @@
-"""Attention maps of transformers on a fixed set of inputs (seed 002: what attention learns), as images.
+"""Attention maps of transformers on a fixed set of inputs, as images (the MoE-expressivity study asks what
+attention learns).
 
-At its cadence the callback runs the net with `return_attention=True` on the first `n_examples` validation inputs
+At its cadence the callback runs the net with `return_attention=True` on the same `n_examples` validation inputs
 and draws `attention/maps`: one row per layer, one panel per head, the (query x key) attention averaged over the
-examples, with the input tokens of the first example as tick labels. Nets without attention are skipped.
+examples, with the input tokens of the first example as tick labels. Nets without attention are skipped. Works on
+any task with token inputs: the probe is `examples("val", n_examples)`.
 """
 from __future__ import annotations
 
@@ -15,16 +17,23 @@ from callbacks.diagnostic import Diagnostic, eval_forward, new_figure, publish_f
 
 
 class AttentionMaps(Diagnostic):
+    name = "attention"
+
     def __init__(self, every_n_steps: int = 2000, n_examples: int = 64):
         super().__init__(every_n_steps, plot_every_n_steps=every_n_steps)
         self.n_examples = n_examples
         self.maps: list[torch.Tensor] = []  # per layer (heads, T, T), latest
         self.tokens: list[int] = []
 
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+    def requirements(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
+        if "val" not in trainer.datamodule.split_names():
+            return "needs a validation split to draw its probe from; this task has none"
         if "return_attention" not in inspect.signature(pl_module.net.forward).parameters:
-            return {}
-        inputs = trainer.datamodule.splits["val"].inputs[: self.n_examples]
+            return "the net has no attention to draw"
+        return None
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        inputs = trainer.datamodule.examples("val", self.n_examples).inputs.to(pl_module.device)
         attention = eval_forward(pl_module, inputs, return_attention=True).attention
         self.maps = [a.float().mean(0).cpu() for a in attention]
         self.tokens = inputs[0].tolist()

@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from callbacks.diagnostic import Diagnostic, new_figure, publish_figure
 from datamodules.batch import Batch
+from lightning_modules.answers import aligned_logits, task_loss
 from runtime.errors import require
 
 Vectors = list[Tensor]  # one tensor per parameter, same shapes: a point of parameter space
@@ -110,39 +111,50 @@ def top_eigenvalue(loss_fn: Callable[[], Tensor], params: Sequence[Tensor], iter
 
 
 def fisher_trace(logits_fn: Callable[[Mapping[str, Tensor], Tensor], Tensor], params: Mapping[str, Tensor],
-                 inputs: Tensor, targets: Tensor, chunk_size: int = 64) -> float:
+                 inputs: Tensor, targets: Tensor, chunk_size: int = 64, answer_mask: Tensor | None = None) -> float:
     """Trace of the EMPIRICAL Fisher: mean over examples of ||∇_θ log p(y_i | x_i)||², with the TRUE labels y_i.
 
     (The true Fisher would sample y from the model's own softmax instead; the empirical one is what the training
-    gradients are made of.) `logits_fn(params, inputs)` returns (N, classes) logits for a batch; per-example
-    gradients come from torch.func (vmap of grad), `chunk_size` examples at a time so memory stays at
-    chunk_size × n_params.
+    gradients are made of.) `logits_fn(params, inputs)` returns (N, classes) logits for a batch, with `targets` (N,)
+    class ids; or (N, T, classes) with `targets` (N, T) and `answer_mask` (N, T), where the answer is several tokens
+    and log p(y_i | x_i) sums over its positions. Per-example gradients come from torch.func (vmap of grad),
+    `chunk_size` examples at a time so memory stays at chunk_size × n_params.
     """
     require(isinstance(chunk_size, int) and chunk_size >= 1, "chunk_size", chunk_size, "an integer >= 1")
     params = {name: p.detach() for name, p in params.items()}
+    if answer_mask is None:
+        answer_mask = torch.ones_like(targets, dtype=torch.bool)
 
-    def nll(params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        # one example: x without its batch axis, y a scalar class id
-        return F.cross_entropy(logits_fn(params, x[None]), y[None])
+    def nll(params: Mapping[str, Tensor], x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        # one example: x without its batch axis, y a class id or (T,) of them
+        logits = logits_fn(params, x[None])[0]
+        if y.ndim == 0:
+            return F.cross_entropy(logits[None], y[None])
+        return (F.cross_entropy(logits, y, reduction="none") * mask.to(logits.dtype)).sum()
 
-    per_example_grads = torch.func.vmap(torch.func.grad(nll), in_dims=(None, 0, 0))
+    per_example_grads = torch.func.vmap(torch.func.grad(nll), in_dims=(None, 0, 0, 0))
     total = inputs.new_zeros((), dtype=torch.float64)
     for start in range(0, len(inputs), chunk_size):
-        grads = per_example_grads(params, inputs[start:start + chunk_size], targets[start:start + chunk_size])
+        chunk = slice(start, start + chunk_size)
+        grads = per_example_grads(params, inputs[chunk], targets[chunk], answer_mask[chunk])
         total += sum(g.flatten(1).pow(2).sum() for g in grads.values()).double()  # Σ over chunk and params
     return float(total) / len(inputs)
 
 
 class Curvature(Diagnostic):
-    """Logs `curvature/{grad_norm,hessian_trace,top_eigenvalue,fisher_trace}` of the task loss on the first
-    `subset_size` training examples, every `every_n_steps` steps, and draws them over steps (`curvature/history`).
+    """Logs `curvature/{grad_norm,hessian_trace,top_eigenvalue,fisher_trace}` of the task loss on the same
+    `subset_size` training examples (the task's `examples("train", subset_size)`: works on any task), every
+    `every_n_steps` steps, and draws them over steps (`curvature/history`). The Fisher is that of the answer
+    (`Batch.answer_mask`), the loss that of the positions the task trains on.
 
-    Measured in eval mode (deterministic gates, no dropout) with the module's own task loss (no regularisers),
-    attention on the math kernel (the only one with a double backward);
-    the module's `.grad`s, its train/eval mode and the global RNG are left as they were, so training is not
-    perturbed. Probes come from a generator seeded with `seed` + step: a rerun measures the same numbers.
+    Measured in eval mode (deterministic gates, no dropout) with the task loss the module trains on (no
+    regularisers), attention on the math kernel (the only one with a double backward); the module's `.grad`s, its
+    train/eval mode and the global RNG are left as they were, so training is not perturbed. Probes come from a
+    generator seeded with `seed` + step: a rerun measures the same numbers.
     Cost per measurement: about 1 + n_probes + power_iters double-backward passes plus one per-example pass.
     """
+
+    name = "curvature"
 
     def __init__(self, every_n_steps: int = 1000, subset_size: int = 512, n_probes: int = 16,
                  power_iters: int = 100, power_tol: float = 1e-4, fisher_chunk_size: int = 64, seed: int = 0,
@@ -157,9 +169,10 @@ class Curvature(Diagnostic):
         self.subset_size, self.n_probes, self.seed = subset_size, n_probes, seed
         self.power_iters, self.power_tol, self.fisher_chunk_size = power_iters, power_tol, fisher_chunk_size
 
-    def subset(self, trainer: pl.Trainer) -> Batch:
-        train = trainer.datamodule.splits["train"]
-        return Batch(*(t[: self.subset_size] for t in train))
+    def subset(self, trainer: pl.Trainer, device: torch.device | None = None) -> Batch:
+        """The fixed training subset the numbers are measured on (on `device` when given)."""
+        subset = trainer.datamodule.examples("train", self.subset_size)
+        return subset if device is None else Batch(*(t.to(device) for t in subset))
 
     def compute(self, pl_module: pl.LightningModule, batch: Batch, step: int = 0) -> dict[str, float]:
         """The four numbers for `pl_module` on `batch` (mode restored afterwards)."""
@@ -168,11 +181,11 @@ class Curvature(Diagnostic):
         params = list(named.values())
 
         def loss_fn() -> Tensor:
-            return pl_module.task_loss(net(batch.inputs), batch)[0]
+            return task_loss(net(batch.inputs), batch)[0]
 
         def logits_fn(values: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
             output = torch.func.functional_call(net, dict(values), (inputs,))
-            return pl_module.answer_logits(output, batch.targets.shape[1])
+            return aligned_logits(output, batch.targets.shape[1])
 
         generator = torch.Generator(device=batch.inputs.device).manual_seed(self.seed + step)
         was_training = pl_module.training
@@ -185,14 +198,14 @@ class Curvature(Diagnostic):
                     "grad_norm": math.sqrt(float(dot(grads, grads))),
                     "hessian_trace": hutchinson_trace(loss_fn, params, self.n_probes, generator),
                     "top_eigenvalue": top_eigenvalue(loss_fn, params, self.power_iters, self.power_tol, generator),
-                    "fisher_trace": fisher_trace(logits_fn, named, batch.inputs, pl_module.answers(batch),
-                                                 self.fisher_chunk_size),
+                    "fisher_trace": fisher_trace(logits_fn, named, batch.inputs, batch.targets,
+                                                 self.fisher_chunk_size, batch.answer_mask),
                 }
         finally:
             pl_module.train(was_training)
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        values = self.compute(pl_module, self.subset(trainer), trainer.global_step)
+        values = self.compute(pl_module, self.subset(trainer, pl_module.device), trainer.global_step)
         self.history.append({"step": trainer.global_step, **values})
         return {f"curvature/{name}": value for name, value in values.items()}
 

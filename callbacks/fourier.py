@@ -23,6 +23,7 @@ from einops import einsum, rearrange
 from torch import Tensor
 
 from callbacks.diagnostic import Diagnostic, eval_forward, new_figure, publish_figure
+from datamodules.task import ModularStructure, at_answers, modular_structure
 from nets.transformer import Transformer
 from runtime.errors import require
 
@@ -192,6 +193,7 @@ def excluded_loss(logits: Tensor, frequencies: Sequence[int], train_mask: Tensor
 class FourierSpectrum(Diagnostic):
     """Spectrum of the residue embeddings every `every_n_steps` steps; Nanda et al.'s progress measures.
 
+    Needs modular arithmetic (`datamodules.task.modular_structure`): on any other task it stands aside.
     The embedding is the net's `input_embedding()` restricted to the residues. One-hot nets have one block of p
     rows per operand (rows 0..p-1 for a, p..2p-1 for b); the two are pooled into one spectrum by adding their
     energies (the spectrum of the (p, 2d) matrix [E_a | E_b]), since both operands play the same role.
@@ -204,9 +206,11 @@ class FourierSpectrum(Diagnostic):
 
     top_k: how many key frequencies (Nanda et al.'s model uses about 5).
     progress_measures: `auto` computes restricted/excluded loss for 1-layer transformers on the tokens format of
-        addition alone, and skips them otherwise; `on` computes them for any token net and rejects other data;
-        `off` never computes them.
+        addition alone, and skips them otherwise; `on` computes them for any token net and rejects other modular
+        data; `off` never computes them.
     """
+
+    name = "fourier"
 
     def __init__(self, every_n_steps: int = 500, plot_every_n_steps: int | None = None, plot: bool = True,
                  top_k: int = 5, progress_measures: str = "auto"):
@@ -217,19 +221,29 @@ class FourierSpectrum(Diagnostic):
                 ", ".join(PROGRESS_MEASURES))
         self.top_k = top_k
         self.progress_measures = progress_measures
+        self.structure: ModularStructure | None = None
         self._with_progress_measures = False
 
     # -- which measures apply ---------------------------------------------------------------------------------
 
+    def requirements(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
+        self.structure = modular_structure(trainer.datamodule)
+        if self.structure is None:
+            return "needs modular-arithmetic structure: data.p and its Z_p grid; this task has none"
+        return None
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        data = trainer.datamodule
-        on_addition_tokens = (getattr(data, "format", None) == "tokens"
-                              and list(getattr(data, "operations", ())) == ["add"])
+        super().setup(trainer, pl_module, stage)
+        structure = self.structure
+        if structure is None:
+            self._with_progress_measures = False
+            return
+        on_addition_tokens = structure.format == "tokens" and list(structure.operations) == ["add"]
         net = pl_module.net
         if self.progress_measures == "on":
             require(on_addition_tokens, "progress_measures", "on",
                     f"auto or off unless data.format=tokens and data.operations=[add] "
-                    f"(got {data.format}, {list(data.operations)})")
+                    f"(got {structure.format}, {list(structure.operations)})")
             require(getattr(net, "input_kind", None) == "tokens", "progress_measures", "on",
                     f"auto or off for a net that reads one-hot inputs ({type(net).__name__})")
         one_layer_transformer = isinstance(net, Transformer) and len(net.blocks) == 1
@@ -249,9 +263,9 @@ class FourierSpectrum(Diagnostic):
     # -- measuring ----------------------------------------------------------------------------------------------
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        p = getattr(trainer.datamodule, "p", None)  # residues exist only on modular arithmetic
-        embedding = None if p is None else self.residue_embedding(pl_module.net, p)
+        embedding = None if self.structure is None else self.residue_embedding(pl_module.net, self.structure.p)
         if embedding is None:
+            self.stand_aside(trainer, "the net has no input embedding indexed by residue to read")
             return {}
         energies = frequency_energies(embedding)
         norms = energies.sqrt()
@@ -266,18 +280,17 @@ class FourierSpectrum(Diagnostic):
         self.history.append({"step": trainer.global_step, "energy": energies.cpu().tolist(), "key_freqs": keys})
         return metrics
 
-    @staticmethod
-    def progress_measures_now(trainer: pl.Trainer, pl_module: pl.LightningModule,
+    def progress_measures_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                               keys: Sequence[int]) -> dict[str, float]:
         """Restricted and excluded loss of the net's answer logits over the whole (a, b) grid."""
-        data = trainer.datamodule
-        p = data.p
-        grid = data.grid()  # a-major: row a * p + b holds [a, OP, b, =] (or [a, b, =] without the op token)
-        logits = eval_forward(pl_module, grid.inputs.to(pl_module.device)).logits[:, -1, :p].float()
+        structure = self.structure
+        p, grid = structure.p, structure.grid  # a-major: row a * p + b holds [a, OP, b, =] (or [a, b, =])
+        output = eval_forward(pl_module, grid.inputs.to(pl_module.device))
+        logits = at_answers(output.logits, grid.answer_mask)[:, :p].float()
         logits = rearrange(logits, "(a b) c -> a b c", a=p, b=p)
-        train_inputs = data.splits["train"].inputs
+        train_inputs = trainer.datamodule.examples("train", len(structure.all.targets)).inputs  # the whole split
         train_mask = torch.zeros(p, p, dtype=torch.bool, device=logits.device)
-        a_column, b_column = data.operand_columns
+        a_column, b_column = structure.operand_columns
         train_mask[train_inputs[:, a_column].to(logits.device), train_inputs[:, b_column].to(logits.device)] = True
         return {
             "fourier/restricted_loss": restricted_loss(logits, keys),

@@ -1,9 +1,10 @@
-"""Gate diagnostics of gated-depth nets (seed 001): how each layer's gate moves, and depth against accuracy.
+"""Gate diagnostics of gated-depth nets (the least-action study): how each layer's gate moves, and depth against
+accuracy.
 
 The module logs the scalars (`gates/layer_<i>`, `gates/effective_depth`, `gates/entropy`) on logging steps; this
 callback keeps their eval-mode values at its cadence and draws the two figures the seed reads:
 `gates/evolution` (x: step, y: layer, colour: gate value) and `gates/depth_vs_accuracy` (effective depth overlaid on
-val accuracy). Nets without gates are skipped.
+val accuracy). Nets without gates are skipped. Works on any task: the probe is `examples("train", probe_size)`.
 """
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from callbacks.diagnostic import Diagnostic, eval_forward, new_figure, publish_f
 
 
 class GateDiagnostics(Diagnostic):
+    name = "gates"
+
     def __init__(self, every_n_steps: int = 100, plot_every_n_steps: int = 1000, probe_size: int = 256):
         super().__init__(every_n_steps, plot_every_n_steps=plot_every_n_steps)
         self.probe_size = probe_size
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        inputs = trainer.datamodule.splits["train"].inputs[: self.probe_size]
-        gates = eval_forward(pl_module, inputs).gates
+        inputs = trainer.datamodule.examples("train", self.probe_size).inputs
+        gates = eval_forward(pl_module, inputs.to(pl_module.device)).gates
         if gates is None:
+            self.stand_aside(trainer, "the net has no gates: nothing to read")
             return {}
         values = gates.reshape(-1, gates.shape[-1]).mean(0).float().cpu()
         val_acc = trainer.callback_metrics.get("val/acc")

@@ -2,7 +2,8 @@
 
 Records the latest train metrics and the validation metrics after every validation, and draws
 `grok/curves` (accuracy, and loss on a log scale) with a vertical line at each step `GrokkingTime` recorded.
-Where the data module gives theoretical loss bounds (`loss_bounds()`), they are drawn as reference lines.
+Where the data module gives theoretical loss bounds (`loss_bounds()`), they are drawn as reference lines. Any task:
+it reads only the logged metrics (a task without `acc` leaves that panel empty).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ KEYS = ("train/acc", "train/loss", "val/acc", "val/loss")
 
 
 class GrokkingCurves(Diagnostic):
+    name = "grokking_curves"
+
     def __init__(self, plot_every_n_steps: int | None = 2000):
         super().__init__(every_n_steps=None, plot_every_n_steps=plot_every_n_steps)  # records on validation
 
@@ -39,7 +42,8 @@ class GrokkingCurves(Diagnostic):
         for i, (key, step) in enumerate(sorted((grok.steps if grok else {}).items())):
             if step is not None:
                 for ax in (acc_ax, loss_ax):
-                    ax.axvline(step, color=f"C{2 + i}", ls=":", lw=1, label=key.removeprefix("grok/") if ax is acc_ax else None)
+                    ax.axvline(step, color=f"C{2 + i}", ls=":", lw=1,
+                               label=key.removeprefix("grok/") if ax is acc_ax else None)
         bounds = getattr(trainer.datamodule, "loss_bounds", None)
         if callable(bounds):
             for name, value in bounds().items():

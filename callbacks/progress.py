@@ -38,15 +38,16 @@ def stderr_is_terminal() -> bool:
 
 class StepProgressBar(ProgressBar):
     """`plain`: None detects from stderr (a terminal gets the bar), True/False forces plain lines or the bar.
+    `also`: one more metric shown after `metrics` unless among them (the run's optimized metric).
     `clock` is the time source of the plain lines (tests pass a fake one)."""
 
     def __init__(self, refresh_seconds: float = 0.25,
                  metrics: Sequence[str] = ("train/loss", "train/acc", "val/loss", "val/acc"),
-                 plain_every_seconds: float = 30.0, plain: bool | None = None,
+                 plain_every_seconds: float = 30.0, plain: bool | None = None, also: str | None = None,
                  clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.refresh_seconds = refresh_seconds
-        self.metrics = tuple(metrics)
+        self.metrics = tuple(metrics) + ((also,) if also and also not in metrics else ())
         self.plain_every_seconds = plain_every_seconds
         self.plain = plain
         self.clock = clock

@@ -3,7 +3,7 @@ and ends on exactly the metrics, of an uninterrupted one.
 
 When: every `every_n_train_steps` steps, every `every_minutes` minutes, at the first validation (so a crash in the
 first minutes keeps something), at the last step, and when SIGINT or SIGTERM asked the run to stop (see
-`runtime.signals`); the run then ends with `RunInterrupted` before the next step starts.
+`runtime.run.signals`); the run then ends with `RunInterrupted` before the next step starts.
 
 Where in a step: Lightning resumes a checkpoint taken in `on_train_batch_end` or `on_validation_end` without
 repeating or skipping anything, but it does not log again what the interrupted step logged after that point (the
@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
 
 from runtime.errors import RunInterrupted, require
-from runtime.signals import stop_request
+from runtime.run.signals import stop_request
 
 LAST = "last.ckpt"
 

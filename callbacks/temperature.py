@@ -1,4 +1,5 @@
-"""Anneals the temperature of Gumbel gates (seed 001: Gumbel-sigmoid gates "with temperature and annealing").
+"""Anneals the temperature of Gumbel gates (the least-action study: Gumbel-sigmoid gates "with temperature and
+annealing").
 
 High temperatures give soft, exploratory gate samples; low ones near-binary samples, so a run can start soft and
 end with hard on/off layers. The temperature is a pure function of the step, so resuming needs no saved state:

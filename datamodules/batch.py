@@ -1,4 +1,4 @@
-"""What one batch of any task holds, and the sizes a net needs from the task."""
+"""What one batch of any task holds, and what a task tells the net and the module about itself."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,29 +7,56 @@ from typing import NamedTuple
 from torch import Tensor
 
 FORMATS = ("onehot", "tokens", "sequence")  # how an equation is encoded: one-hot (a, b), [a, OP, b, =], full sequence
+ANSWER_METRICS = ("acc", "exact_match", "position_acc", "perplexity", "bits_per_byte")
+DECODINGS = ("teacher_forced", "greedy")
 
 
 class Batch(NamedTuple):
     """inputs: (N, in_features) floats or (N, T_in) token ids.
     targets: (N, T) class ids, aligned with the *last* T output positions of the net (T = 1 for answer-only tasks).
     loss_mask: (N, T) float, 1 where the loss is taken.
-    group: (N,) an integer per example (the operation's index on multi-op data), for per-group metrics.
+    answer_mask: (N, T) bool, True on the positions that make up the answer (what accuracy is measured on).
+    group: (N,) an integer per example (the operation on multi-op data, the carry-chain length on digit tasks),
+        named by `TaskSpec.group_names`, for per-group metrics.
     """
 
     inputs: Tensor
     targets: Tensor
     loss_mask: Tensor
+    answer_mask: Tensor
     group: Tensor
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Sizes a net is built with (filled in by the launcher) and where the answer sits in `targets`."""
+    """What a task declares: the sizes a net is built with (filled in by the launcher), which answer metrics it
+    means, and how its answers are read at evaluation.
+
+    metrics (each logged as `<split>/<name>`; `loss` always is):
+      acc            accuracy over answer tokens (the answer's accuracy when it is one token)
+      exact_match    share of examples whose every answer token is right
+      position_acc   accuracy of the i-th answer token, as `acc/position_<i>`
+      perplexity     exp(loss), language models
+      bits_per_byte  loss / ln 2 / bytes_per_token, language models
+    decoding: `teacher_forced` reads the answer from one forward of the whole sequence; `greedy` generates it
+      token by token from the prompt (each answer token fed back), so a wrong digit is not corrected by the input.
+    group_names: names of the values of `Batch.group` (per-group accuracy `acc/<name>` when there are several).
+    """
 
     num_classes: int
     in_features: int | None = None  # one-hot inputs
     vocab_size: int | None = None  # token inputs
     seq_len: int | None = None
-    answer_position: int = 0  # index into the T axis of Batch.targets that holds the answer
     input_kind: str = "tokens"  # "onehot" or "tokens": which nets can read it
     group_names: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ("acc",)
+    decoding: str = "teacher_forced"
+    answer_length: int = 1  # answer tokens per example, the same positions in every row (for position_acc)
+    bytes_per_token: float = 1.0  # for bits_per_byte
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in ANSWER_METRICS]
+        if unknown:
+            raise ValueError(f"unknown task metrics {unknown}: expected some of {', '.join(ANSWER_METRICS)}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding={self.decoding!r}: expected one of {', '.join(DECODINGS)}")

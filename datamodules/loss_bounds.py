@@ -1,4 +1,4 @@
-"""The lowest loss a model can reach on modular arithmetic, so a loss curve can be read against it (seed 003).
+"""The lowest loss a model can reach on modular arithmetic, so a loss curve can be read against it (the conditions-for-grokking study).
 
 The loss is the masked mean cross-entropy of `GrokkingModule` over every equation of the task. Its minimum is
 the conditional entropy of each target given the tokens before it, averaged over the positions the loss takes.
@@ -23,7 +23,7 @@ answer only (`loss_on: answer`, and always for `tokens` and `onehot`, whose inpu
 generalising = 0 and random answer = ln p.
 
 These are population bounds: a finite train split has fewer b per a than p, so a model can go *below*
-`generalising` on train with the all-position loss by memorising which operands occur (seed 003's run 7:
+`generalising` on train with the all-position loss by memorising which operands occur (the conditions-for-grokking study's run 7:
 train 1.057 < 1.307), while no model can beat it in expectation on held-out equations.
 """
 from __future__ import annotations

@@ -16,20 +16,22 @@ from __future__ import annotations
 import math
 import os
 
-import lightning.pytorch as pl
 import torch
 
 from datamodules.batch import FORMATS, Batch, TaskSpec
-from datamodules.loaders import EvalBatches, TrainBatches, shard, take
+from datamodules.in_memory import InMemoryTask
+from datamodules.loaders import take
 from datamodules.loss_bounds import loss_bounds
 from datamodules.operations import OPERATIONS, is_prime
-from runtime.errors import ConfigError, require
+from datamodules.splits import check_fractions
+from datamodules.task import ModularStructure
+from runtime.errors import require
 
 ANSWER_POSITION_IN_SEQUENCE = 4  # targets = [a, OP, b, EQ, c, EOS, EOS]; c sits at index 4
 MEMORY_SHARE = 0.5  # data that would take more than this share of the machine's memory are refused up front
 
 
-class ModularArithmetic(pl.LightningDataModule):
+class ModularArithmetic(InMemoryTask):
     def __init__(
         self,
         p: int = 97,
@@ -88,23 +90,7 @@ class ModularArithmetic(pl.LightningDataModule):
                 f"true with several operations (the input must say which applies: {', '.join(operations)})")
         require(op_token or format != "sequence", "op_token", op_token,
                 "true for format=sequence (only the tokens format has a variant without it)")
-        require(isinstance(train_fraction, (int, float)) and 0 < train_fraction < 1, "train_fraction",
-                train_fraction, "a number in (0, 1)")
-        require(isinstance(test_fraction, (int, float)) and 0 <= test_fraction < 1, "test_fraction",
-                test_fraction, "a number in [0, 1)")
-        if val_fraction is not None:
-            require(isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1, "val_fraction",
-                    val_fraction, "a number in (0, 1), or null for the rest")
-        total = train_fraction + (val_fraction or 0) + test_fraction
-        if not (total <= 1 + 1e-9 and (val_fraction is not None or total < 1)):
-            # name the fraction most likely just changed: test (off by default), then val, then train
-            parts = {"train": train_fraction, "val": val_fraction, "test": test_fraction}
-            given = {name: value for name, value in parts.items() if value}  # val: null = the rest, test: 0 = none
-            key = next(name for name in ("test", "val", "train") if name in given)
-            terms = " + ".join(f"{name} {value:g}" for name, value in given.items())
-            room = "" if val_fraction is not None else " with room for val"
-            raise ConfigError(f"{key}_fraction", given[key],
-                              f"train + val + test fractions <= 1{room} ({terms} = {total:g})")
+        check_fractions(train_fraction, val_fraction, test_fraction)
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             require(isinstance(value, int) and not isinstance(value, bool) and (value == -1 or value > 0), key,
                     value, "-1 (full batch) or a positive integer")
@@ -176,18 +162,17 @@ class ModularArithmetic(pl.LightningDataModule):
             inputs[rows, p + b] = 1
             if self.n_ops > 1:
                 inputs[rows, 2 * p + op] = 1
-            return Batch(inputs, c[:, None], torch.ones(n, 1), op)
+            return Batch(inputs, c[:, None], torch.ones(n, 1), torch.ones(n, 1, dtype=torch.bool), op)
         if self.format == "tokens":
             columns = [a, op_ids, b, eq] if self.op_token else [a, b, eq]
-            return Batch(torch.stack(columns, dim=1), c[:, None], torch.ones(n, 1), op)
+            return Batch(torch.stack(columns, dim=1), c[:, None], torch.ones(n, 1), torch.ones(n, 1, dtype=torch.bool),
+                         op)
         bos, eos = torch.full((n,), ids["BOS"]), torch.full((n,), ids["EOS"])
         seq = torch.stack([bos, a, op_ids, b, eq, c, eos, eos], dim=1)
-        mask = torch.zeros(n, 7)
-        if self.loss_on == "all":
-            mask[:] = 1
-        else:
-            mask[:, ANSWER_POSITION_IN_SEQUENCE] = 1
-        return Batch(seq[:, :-1], seq[:, 1:], mask, op)
+        answer = torch.zeros(n, 7, dtype=torch.bool)
+        answer[:, ANSWER_POSITION_IN_SEQUENCE] = True
+        mask = torch.ones(n, 7) if self.loss_on == "all" else answer.float()
+        return Batch(seq[:, :-1], seq[:, 1:], mask, answer, op)
 
     @property
     def spec(self) -> TaskSpec:
@@ -198,28 +183,7 @@ class ModularArithmetic(pl.LightningDataModule):
         if self.format == "tokens":
             return TaskSpec(num_classes=self.p, vocab_size=vocab, seq_len=self.all.inputs.shape[1],
                             group_names=tuple(self.operations))
-        return TaskSpec(num_classes=vocab, vocab_size=vocab, seq_len=7, answer_position=ANSWER_POSITION_IN_SEQUENCE,
-                        group_names=tuple(self.operations))
-
-    def setup(self, stage: str | None = None) -> None:
-        """Move every split to the training device once; batches are then served without copies."""
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        self.splits = {name: Batch(*(t.to(device) for t in split)) for name, split in self.splits.items()}
-
-    def train_dataloader(self) -> TrainBatches:
-        # Lightning asks for it after restoring a checkpoint, so global_step is the step to resume from
-        first_step = self.trainer.global_step if self.trainer is not None else 0
-        return TrainBatches(self.splits["train"], self.batch_size, self.shuffle_seed, first_step, *self._ranks())
-
-    def val_dataloader(self) -> EvalBatches:
-        return EvalBatches(shard(self.splits["val"], *self._ranks()), self.eval_batch_size)
-
-    def test_dataloader(self) -> EvalBatches:
-        return EvalBatches(shard(self.splits["test"], *self._ranks()), self.eval_batch_size)
-
-    def _ranks(self) -> tuple[int, int]:
-        """(rank, world size): under DDP each process trains and evaluates on its shard; metrics are synced."""
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return TaskSpec(num_classes=vocab, vocab_size=vocab, seq_len=7, group_names=tuple(self.operations))
 
     def grid(self) -> Batch:
         """Every (a, b) of the first operation in a-major order, a (p*p) grid when b = 0 is allowed
@@ -227,14 +191,16 @@ class ModularArithmetic(pl.LightningDataModule):
         keep = self.all.group == 0
         return Batch(*(t[keep] for t in self.all))
 
+    def modular_structure(self) -> ModularStructure:
+        """Z_p, the operations and the (a, b) grid, for the diagnostics and penalties that need them."""
+        return ModularStructure(p=self.p, operations=tuple(self.operations), format=self.format,
+                                operand_columns=None if self.format == "onehot" else self.operand_columns,
+                                all=self.all, grid=self.grid())
+
     def loss_bounds(self) -> dict[str, float]:
-        """Reference losses of this task (seed 003): a perfectly generalising model's and a random answer's."""
+        """Reference losses of this task (the conditions-for-grokking study): a perfectly generalising model's and a random answer's."""
         bounds = loss_bounds(self.p, self.format, self.loss_on, tuple(self.operations))
         return {"generalising": bounds.generalising, "random answer": bounds.random_answer}
-
-    @property
-    def has_test(self) -> bool:
-        return len(self.indices["test"]) > 0
 
 
 def readable_bytes(n: float) -> str:

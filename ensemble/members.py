@@ -89,7 +89,7 @@ class Member:
         self.log(metrics, step - 1)
         self.last_train_loss = metrics["train/loss"]
         if self.grok is not None:
-            self.log_reached(self.grok.record_train(step - 1, metrics["train/acc"]), step - 1)
+            self.log_reached(self.grok.record_train(step - 1, metrics[f"train/{self.grok.metric}"]), step - 1)
 
     def val_metrics(self, step: int, metrics: dict[str, float]) -> None:
         # a solo run that stops after grokking still validates if its last step is a validation step
@@ -97,7 +97,7 @@ class Member:
             return
         self.log({f"val/{name}": value for name, value in metrics.items()}, step - 1)
         if self.grok is not None:
-            reached = self.grok.record_val(step, metrics["acc"], self.last_train_loss, metrics["loss"])
+            reached = self.grok.record_val(step, metrics[self.grok.metric], self.last_train_loss, metrics["loss"])
             self.log_reached(reached, step - 1)
         for logger in self.loggers:
             logger.save()  # a crash later loses no logged row

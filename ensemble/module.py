@@ -2,7 +2,7 @@
 
 Members share the data and the architecture; they differ in their initial weights and in per-member
 hyper-parameters (learning rate, weight decay, declared lr, regulariser weights). Each step computes every
-member's loss, metrics and regulariser terms exactly as `GrokkingModule` does for a solo run (the same
+member's loss, metrics and regulariser terms exactly as `TaskModule` does for a solo run (the same
 `task_loss` and `structure_metrics`, under `torch.func.vmap`), backpropagates their sum (members are independent,
 so each row of the flat parameter gets its own member's gradient) and lets `StackedAdamW` update each member
 as its solo AdamW would.
@@ -23,11 +23,12 @@ from torch import Tensor, nn
 from datamodules.batch import Batch, TaskSpec
 from ensemble.optimizer import StackedAdamW
 from ensemble.stacked import StackedNets
+from lightning_modules.answers import answer_sums, batch_accuracy, metrics_from_sums, task_loss
 from lightning_modules.cadence import is_log_step
-from lightning_modules.grokking_module import structure_metrics, task_loss
 from lightning_modules.optimization import AdamWRecipe
 from lightning_modules.param_groups import split_by_decay
 from lightning_modules.regularizers import Regularizer
+from lightning_modules.task_module import structure_metrics
 
 
 class EnsembleModule(pl.LightningModule):
@@ -49,6 +50,7 @@ class EnsembleModule(pl.LightningModule):
         self.register_buffer("first_bad", torch.full((size,), -1, dtype=torch.long))  # step of the first bad loss
         self.register_buffer("bad_value", torch.zeros(size))
         self.groups = dict(enumerate(spec.group_names)) if len(spec.group_names) > 1 else {}
+        self.n_positions = spec.answer_length if "position_acc" in spec.metrics else 0
         self._exempt = set(split_by_decay(nets[0], recipes[0].decay)[1])  # no weight decay
         self._declared = set(getattr(nets[0], "no_weight_decay", set)())
         self._train_metrics: dict[str, Tensor] | None = None
@@ -61,13 +63,14 @@ class EnsembleModule(pl.LightningModule):
     def member_step(self, row: Tensor, weights: dict[str, Tensor], batch: Batch, with_structure: bool):
         """One member's training step (inside vmap): total loss and the metrics a solo run logs."""
         output = self.stacked.call(row, batch.inputs)
-        loss, answer_logits = task_loss(output, batch, self.spec.answer_position)
+        loss, logits = task_loss(output, batch)
         terms = {name: reg(output) for name, reg in self.regularizers.items()}
         total = loss
         for name, term in terms.items():
             total = total + weights[name] * term
-        answers = batch.targets[:, self.spec.answer_position]
-        metrics = {"train/loss": loss, "train/acc": (answer_logits.argmax(-1) == answers).float().mean()}
+        metrics = {"train/loss": loss}
+        metrics |= {f"train/{name}": value for name, value in batch_accuracy(logits, batch).items()
+                    if name in self.spec.metrics}
         if with_structure:
             if terms:
                 metrics |= {"train/task_loss": loss, "train/total_loss": total}
@@ -136,43 +139,29 @@ class EnsembleModule(pl.LightningModule):
     # -- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def eval_sums(self, batch: Batch) -> Tensor:
-        """(E, 4 + G): per member the loss times the batch's loss weight (its loss positions), that weight, the
-        correct answers and the count, then the correct answers per group (operation) and each group's count."""
-        answers = batch.targets[:, self.spec.answer_position]
-        in_group = [(batch.group == g).float() for g in self.groups]
+        """(E, K): per member the sums its answer metrics are ratios of (lightning_modules.answers.answer_sums)."""
+        n_groups, n_positions = len(self.groups), self.n_positions
 
         def member(row: Tensor, batch: Batch) -> Tensor:
-            loss, answer_logits = task_loss(self.stacked.call(row, batch.inputs), batch, self.spec.answer_position)
-            correct = (answer_logits.argmax(-1) == answers).float()
-            return torch.stack([loss, correct.sum(), *((correct * mask).sum() for mask in in_group)])
+            loss, logits = task_loss(self.stacked.call(row, batch.inputs), batch)
+            return answer_sums(loss, logits, batch, n_groups, n_positions)
 
-        per_member = self.stacked.vmap(member, batch, in_dims=(None,))  # (E, 2 + G)
-        weight = batch.loss_mask.sum()
-        shared = torch.stack([weight, torch.tensor(float(len(answers)), device=weight.device),
-                              *(mask.sum() for mask in in_group)])
-        loss, correct, groups = per_member[:, :1], per_member[:, 1:2], per_member[:, 2:]
-        size = per_member.shape[0]
-        return torch.cat([loss * weight, shared[:1].expand(size, 1), correct, shared[1:2].expand(size, 1),
-                          groups, shared[2:].expand(size, -1)], dim=1)
+        return self.stacked.vmap(member, batch, in_dims=(None,))
 
     @torch.no_grad()
-    def evaluate(self, batch: Batch) -> list[dict[str, float]]:
-        """Per member, loss and accuracy (and accuracy per operation) of the current weights on one whole split."""
+    def evaluate(self, batches) -> list[dict[str, float]]:
+        """Per member, the task's metrics of the current weights over `batches` (a whole split)."""
         was_training = self.training
         self.eval()
         device = self.stacked.flat.device
-        sums = self.eval_sums(Batch(*(t.to(device) for t in batch))).tolist()
+        sums = sum(self.eval_sums(Batch(*(t.to(device) for t in batch))) for batch in batches)
         self.train(was_training)
         return [self.eval_metrics(row) for row in sums]
 
-    def eval_metrics(self, sums: Sequence[float]) -> dict[str, float]:
-        """Loss and accuracies from one member's (summed) `eval_sums` row."""
-        weighted_loss, weight, correct, count, *groups = sums
-        metrics = {"loss": weighted_loss / weight, "acc": correct / count}
-        n = len(self.groups)
-        for name, right, total in zip(self.groups.values(), groups[:n], groups[n:]):
-            metrics[f"acc/{name}"] = right / total
-        return metrics
+    def eval_metrics(self, sums: Tensor) -> dict[str, float]:
+        """One member's metrics from its summed `eval_sums` row."""
+        metrics = metrics_from_sums(sums, self.spec, tuple(self.groups.values()), self.n_positions)
+        return {name: value.item() for name, value in metrics.items()}
 
     def on_validation_epoch_start(self) -> None:
         self._eval_sums = None
@@ -184,10 +173,10 @@ class EnsembleModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self._eval_sums is None or self.trainer.sanity_checking:
             return
-        rows = self._eval_sums.tolist()
+        rows = [self.eval_metrics(row) for row in self._eval_sums.cpu()]  # one read
         self.report_health()
         for record, row in zip(self.records, rows):
-            record.val_metrics(self.global_step, self.eval_metrics(row))
-        accs = [row[2] / row[3] for row, record in zip(rows, self.records) if record.training]
+            record.val_metrics(self.global_step, row)
+        accs = [row["acc"] for row, record in zip(rows, self.records) if record.training and "acc" in row]
         if accs:
             self.log_dict({"ensemble/val_acc_min": min(accs), "ensemble/val_acc_max": max(accs)}, prog_bar=True)

@@ -14,16 +14,17 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
+from callbacks.grokking_time import task_loss_bounds
 from ensemble.members import Member, check_supported
 from ensemble.module import EnsembleModule
 from lightning_modules.regularizers import Regularizer
-from runtime.build import build, build_net, configure_torch
+from runtime.config.build import build, build_net, configure_torch
+from runtime.config.checks import check_run_settings
 from runtime.errors import ConfigError
-from runtime.init import prepare_init
-from runtime.loggers import wandb_identity
-from runtime.quiet import quiet_library_noise
-from runtime.checks import check_run_settings
-from runtime.summary import close_summary, finite_or_null, grok_summary
+from runtime.logs.loggers import wandb_identity
+from runtime.logs.quiet import quiet_library_noise
+from runtime.run.init_weights import prepare_init
+from runtime.run.summary import close_summary, finite_or_null, grok_summary
 
 PROGRESS = ("ensemble/training", "ensemble/val_acc_min", "ensemble/val_acc_max")
 
@@ -86,8 +87,8 @@ def run_ensemble(members: Sequence[Member], callbacks: Sequence[Callback] = ()) 
                 logger.log_hyperparams(OmegaConf.to_container(member.cfg, resolve=True))
             if wandb_run := wandb_identity(member.loggers):
                 member.summary["wandb"] = wandb_run
-            if member.grok is not None and datamodule.format == "sequence":
-                member.log(member.grok.set_bounds(datamodule.loss_bounds()), 0)
+            if member.grok is not None and (bounds := task_loss_bounds(datamodule)) is not None:
+                member.log(member.grok.set_bounds(bounds), 0)
         trainer.fit(module, datamodule=datamodule)
         module.to(trainer.strategy.root_device)  # `fit` leaves it on the CPU; evaluate where it trained
         module.report_health()
@@ -119,11 +120,9 @@ def finish_members(module: EnsembleModule, datamodule, members: Sequence[Member]
     """Final metrics on the final (or frozen) weights, the test split, weights on disk; a member's summary."""
     device = module.stacked.flat.device
     final: list[dict[str, float]] = [{} for _ in members]
-    for split, batch in datamodule.splits.items():
-        if not len(batch.targets):
-            continue
-        for index, metrics in enumerate(module.evaluate(batch)):
-            final[index] |= {f"{split}/{name}": metrics[name] for name in ("loss", "acc")}
+    for split in datamodule.split_names():
+        for index, metrics in enumerate(module.evaluate(datamodule.eval_batches(split))):
+            final[index] |= {f"{split}/{name}": value for name, value in metrics.items()}
             if split == "test":
                 members[index].log({f"test/{k}": v for k, v in metrics.items()}, members[index].steps, epoch=1)
     ensemble = {"size": len(members), "device": str(device)}

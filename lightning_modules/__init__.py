@@ -1,7 +1,7 @@
 """LightningModules: loss, regularisers, optimiser groups, metrics."""
-from lightning_modules.grokking_module import GrokkingModule
 from lightning_modules.optimization import AdamWRecipe
 from lightning_modules.param_groups import DecayPolicy
 from lightning_modules.regularizers import Regularizer
+from lightning_modules.task_module import TaskModule
 
-__all__ = ["AdamWRecipe", "DecayPolicy", "GrokkingModule", "Regularizer"]
+__all__ = ["AdamWRecipe", "DecayPolicy", "TaskModule", "Regularizer"]

@@ -1,4 +1,4 @@
-"""Compute-cost penalties on the gates of gated-depth nets (least-action learning, seed 001).
+"""Compute-cost penalties on the gates of gated-depth nets (the least-action study).
 
 | kind | term |
 |---|---|

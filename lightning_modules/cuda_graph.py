@@ -38,7 +38,7 @@ class StepResult(NamedTuple):
 
     output: NetOutput
     task_loss: Tensor
-    answer_logits: Tensor
+    logits: Tensor  # (N, T, classes), aligned with the targets
     terms: dict[str, Tensor]
     total: Tensor
 
@@ -115,9 +115,11 @@ def check_graphable(trainer) -> None:
     require(trainer.world_size == 1, key, True, "false with more than one device")
     require(str(trainer.precision) in ("32-true", "32"), key, True, f"false with precision={trainer.precision}")
     data = trainer.datamodule
-    train = getattr(data, "splits", {}).get("train")
-    batch_size = getattr(data, "batch_size", -1)
-    require(train is not None and (batch_size <= 0 or batch_size >= len(train.targets)), key, True,
+    require("train" in getattr(data, "splits", {}), key, True,
+            f"false for {type(data).__name__}, which holds no training split in memory (a captured step replays "
+            f"one full batch that never moves)")
+    # the task's own train loader says whether it serves the whole split every step
+    require(getattr(data.train_dataloader(), "full_batch", False), key, True,
             "false with mini-batches (data.batch_size=-1: the full batch is the captured input)")
     for callback in trainer.callbacks:
         if getattr(callback, "cuda_graph_safe", False):

@@ -1,6 +1,14 @@
-"""Routing regularisers: each reads `NetOutput.routing` (per layer, weights (..., N) summing to 1 over N heads)
-and returns the mean over layers of a per-layer term. All are minimised, and all but load balancing push
-routing towards decisive (one-hot) choices; each is 0 for one-hot routing.
+"""Routing regularisers: each reads the routing weights of a net's output (aux tensors `.../routing`, weights
+(..., N) summing to 1 over N heads, one per router) and returns the mean over routers of a per-router term. All
+are minimised, and all but load balancing push routing towards decisive (one-hot) choices; each is 0 for one-hot
+routing.
+
+`where` picks the routers: by default (null) every one, as for a net with one router per layer. Otherwise it is
+a glob (fnmatch: `*` also matches `/`, `[01]` one character of a set) on where a router sits, its aux key without
+the `/routing` ending, and it selects the router when it matches that place or one that contains it:
+`layer_1/ffn` is layer 1's FFN router in a transformer, `layer_1` everything in layer 1 (a routed MLP's router
+there), `layer_[01]/*` layers 0 and 1. A `where` that selects nothing is an error at the first step, naming the
+routers there are.
 
 | term | per-token definition | uniform over N heads | one-hot |
 |---|---|---|---|
@@ -13,6 +21,8 @@ the fraction of tokens whose top choice is head i and P_i the mean weight of hea
 balanced and N when every token takes the same head, so it counters collapse rather than indecision.
 """
 from __future__ import annotations
+
+from fnmatch import fnmatchcase
 
 import torch
 from einops import rearrange
@@ -45,17 +55,43 @@ def load_balance(w: Tensor) -> Tensor:
     return n * (fraction * flat.mean(0)).sum()
 
 
+def router_place(key: str) -> str:
+    """Where the router of the aux tensor `key` sits: `layer_1/ffn` for `layer_1/ffn/routing`."""
+    return key.removesuffix("routing").removesuffix("/")
+
+
+def selects(where: str, place: str) -> bool:
+    """`where` (a glob) matches `place` or a place containing it (`layer_1` contains `layer_1/ffn`)."""
+    parts = place.split("/")
+    return any(fnmatchcase("/".join(parts[:n]), where) for n in range(1, len(parts) + 1))
+
+
 class RoutingRegularizer(Regularizer):
-    """Mean over layers of `per_token(weights)` averaged over tokens (`load_balance` is already a batch term)."""
+    """Mean over the selected routers of `per_token(weights)` averaged over tokens (`load_balance` is already a
+    batch term); `where` selects the routers (module docstring), null = every one."""
 
     TERMS = {"entropy": entropy, "sparsity": sparsity, "gini": gini_gap, "load_balance": load_balance}
 
-    def __init__(self, kind: str, weight: float):
+    def __init__(self, kind: str, weight: float, where: str | None = None):
         super().__init__(weight)
         require(kind in self.TERMS, "kind", kind, ", ".join(self.TERMS))
-        self.kind, self.fn = kind, self.TERMS[kind]
+        require(where is None or (isinstance(where, str) and where.strip("/") != ""), "where", where,
+                "null (every router) or a glob on where routers sit, e.g. layer_1/ffn")
+        self.kind, self.fn, self.where = kind, self.TERMS[kind], where
+
+    def routers(self, output: NetOutput) -> list[Tensor]:
+        """The routing weights this regulariser reads, in layer order."""
+        weights = output.named("routing")
+        if self.where is None:
+            return list(weights.values())
+        return [w for key, w in weights.items() if selects(self.where, router_place(key))]
 
     def term(self, output: NetOutput) -> Tensor:
         if not output.routing:
             raise ValueError(f"the '{self.kind}' routing regulariser needs a net that returns routing weights")
-        return torch.stack([self.fn(w).mean() for w in output.routing]).mean()
+        selected = self.routers(output)
+        if not selected:
+            places = ", ".join(router_place(key) for key in output.named("routing"))
+            raise ValueError(f"the '{self.kind}' routing regulariser's where={self.where!r} selects no router; "
+                             f"routers sit at: {places}")
+        return torch.stack([self.fn(w).mean() for w in selected]).mean()

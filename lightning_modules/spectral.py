@@ -1,4 +1,4 @@
-"""Spectral penalty (seed 001, `--lambda-spectral`): prefer output functions on Z_p x Z_p that are smooth,
+"""Spectral penalty (the least-action study, `--lambda-spectral`): prefer output functions on Z_p x Z_p that are smooth,
 i.e. whose energy sits at low frequencies.
 
 Definition. Let L(a, b) in R^C be the net's answer logits on the whole grid of the (single) operation, centred over
@@ -13,6 +13,8 @@ highest frequencies. For L = cos(2π k (a + b - c) / p) it is (k / m)^2.
 Note the prior it encodes: networks that grok modular addition use a few key frequencies that need not be low
 (Nanda et al. 2023), so this penalty is a hypothesis to test, not a known accelerator. Each training step also
 evaluates the net on all p^2 inputs (single-op data with every b, so not `div`): a full-grid forward extra.
+Only modular arithmetic has that grid (`datamodules.task.modular_structure`); on any other task the run is refused
+at fit start (a penalty cannot stand aside as a diagnostic does: it would change what is trained).
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from datamodules.task import modular_structure
 from lightning_modules.regularizers import Regularizer
 from nets.output import NetOutput
-from runtime.errors import require
+from runtime.errors import ConfigError, require
 
 
 def frequency_weights(p: int) -> Tensor:
@@ -48,16 +51,26 @@ class SpectralPenalty(Regularizer):
 
     def bind(self, module) -> None:
         data = module.trainer.datamodule
-        ops = getattr(data, "operations", None)
-        require(ops is not None and len(ops) == 1 and ops[0] != "div", "data.operations", ops,
+        structure = modular_structure(data)
+        if structure is None:
+            raise ConfigError("data", type(data).__name__, "modular arithmetic with regularizer.spectral (the "
+                                                           "penalty reads the net on the Z_p x Z_p grid, which this "
+                                                           "task lacks)")
+        ops = list(structure.operations)
+        require(len(ops) == 1 and ops[0] != "div", "data.operations", ops,
                 "one operation defined for every (a, b) (not div) for the spectral penalty")
-        self.module, self.p = module, data.p
-        self.grid = data.grid()
+        self.module, self.p = module, structure.p
+        self.grid = structure.grid
+        # one answer token per equation, the same column in every row: read by index (a CUDA graph can capture it)
+        answer_mask = self.grid.answer_mask
+        self.answer_from_end = answer_mask.shape[1] - int(answer_mask[0].nonzero()[0])
 
     def term(self, output: NetOutput) -> Tensor:
         require(self.module is not None, "regularizer.spectral", "unbound", "a penalty bound by the module at fit start")
         grid = self.grid
         if grid.inputs.device != self.module.device:
             self.grid = grid = type(grid)(*(t.to(self.module.device) for t in grid))
-        logits = self.module.answer_logits(self.module.net(grid.inputs), grid.targets.shape[1])
-        return spectral_term(logits, self.p)
+        logits = self.module.net(grid.inputs).logits
+        if logits.ndim == 3:  # a sequence net: the answer position's logits
+            logits = logits[:, -self.answer_from_end]
+        return spectral_term(logits, self.p)  # logits: (p * p, classes), a-major

@@ -1,13 +1,19 @@
-"""Plain nn.Modules (no Lightning, no Hydra). Each forward returns a `NetOutput`.
+"""Plain nn.Modules (no Lightning, no Hydra; nothing from outside nets/). Each forward returns a `NetOutput`.
 
 A module that owns raw `nn.Parameter`s states their roles (weight, bias, norm, embedding) in a `parameter_roles`
-class attribute, so that weight decay treats them as what they are (lightning_modules/param_groups.py).
+class attribute, so that weight decay treats them as what they are (lightning_modules/param_groups.py). Bad
+constructor arguments raise `InvalidSetting` (nets/settings.py), which the launcher reports under the config key.
+The transformer is assembled from parts (nets/block.py): a mixer (nets/mixers.py) and an FFN (nets/ffns.py).
 """
+from nets.block import Block
+from nets.ffns import GLUFFN, MLPFFN, RoutedFFN
 from nets.gated_mlp import GatedMLP
+from nets.mixers import SoftmaxAttention
 from nets.mlp import MLP
 from nets.output import NetOutput
 from nets.routed_mlp import RoutedMLP
-from nets.routed_transformer import RoutedTransformer
+from nets.settings import InvalidSetting
 from nets.transformer import Transformer
 
-__all__ = ["GatedMLP", "MLP", "NetOutput", "RoutedMLP", "RoutedTransformer", "Transformer"]
+__all__ = ["Block", "GLUFFN", "GatedMLP", "InvalidSetting", "MLP", "MLPFFN", "NetOutput", "RoutedFFN", "RoutedMLP",
+           "SoftmaxAttention", "Transformer"]

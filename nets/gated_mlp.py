@@ -1,4 +1,4 @@
-"""Gated-depth MLP of least-action learning (seed 001, GatedNetwork): residual layers, each scaled by a gate.
+"""Gated-depth MLP of the least-action study (its GatedNetwork): residual layers, each scaled by a gate.
 
     h_0 = W_in x                                             width w_0 = w_1
     per layer l = 1..L (width w_l):
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from nets.output import NetOutput
-from runtime.errors import require
+from nets.settings import require
 
 GATE_TYPES = ("sigmoid", "gumbel", "straight_through")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from nets.output import NetOutput
-from runtime.errors import require
+from nets.settings import require
 
 
 class MLP(nn.Module):

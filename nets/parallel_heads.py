@@ -5,6 +5,8 @@ import torch
 from einops import einsum
 from torch import Tensor, nn
 
+from nets.activations import make_activation
+
 
 class ParallelMLPHeads(nn.Module):
     """x (..., d) -> every head's output (..., n_heads, d). Weights are stored (heads, in, out)."""
@@ -19,7 +21,13 @@ class ParallelMLPHeads(nn.Module):
         self.down = nn.Parameter(torch.randn(n_heads, d_hidden, d_model) / d_hidden**0.5)
         self.up_bias = nn.Parameter(torch.zeros(n_heads, d_hidden)) if bias else None
         self.down_bias = nn.Parameter(torch.zeros(n_heads, d_model)) if bias else None
-        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.act = make_activation(activation)
+
+    def init_normal_(self, std: float) -> None:
+        """Redraw the weight matrices from N(0, std^2), up then down (what a transformer's init does to its
+        linears; the biases stay as they are, zero)."""
+        nn.init.normal_(self.up, std=std)
+        nn.init.normal_(self.down, std=std)
 
     def forward(self, x: Tensor) -> Tensor:
         h = einsum(x, self.up, "... d, n d m -> ... n m")

@@ -1,4 +1,4 @@
-"""Routed MLP with a routing state (least-action learning, seed 001, RoutedNetwork).
+"""Routed MLP with a routing state (the least-action study's RoutedNetwork).
 
     x_0 = W_in onehot(a, b)                  residual stream (B, D)
     s_0 = RouteInit(x_0)                     routing state (B, S): "which path did we take so far"
@@ -9,8 +9,9 @@
         s_l = W_update [s_{l-1}; out_l]
     logits = W_out x_L
 
-Routing is soft (all heads contribute) and input-dependent. The routing parameters (RouteInit, W_state,
-W_residual, W_gate, W_update) are declared no-weight-decay, as the seeds require.
+Routing is soft (all heads contribute) and input-dependent; w_l is the aux tensor `layer_<l-1>/routing`. The
+routing parameters (RouteInit, W_state, W_residual, W_gate, W_update) are declared no-weight-decay, as the seeds
+require.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 
 from nets.output import NetOutput
 from nets.parallel_heads import ParallelMLPHeads
-from runtime.errors import require
+from nets.settings import require
 
 
 class RoutedLayer(nn.Module):
@@ -57,11 +58,10 @@ class RoutedMLP(nn.Module):
     def forward(self, x: Tensor) -> NetOutput:
         x = self.embed(x)
         state = self.route_init(x)
-        routing = []
-        for layer in self.layers:
-            x, state, weights = layer(x, state)
-            routing.append(weights)
-        return NetOutput(logits=self.head(x), routing=routing)
+        aux = {}
+        for i, layer in enumerate(self.layers):
+            x, state, aux[f"layer_{i}/routing"] = layer(x, state)
+        return NetOutput(logits=self.head(x), aux=aux)
 
     def input_embedding(self) -> Tensor:
         """(in_features, d_model): row i is the embedding of one-hot input i (bias left out)."""

@@ -1,90 +1,40 @@
-"""Decoder-only transformer for token tasks: pre-LN, causal, learned positions, optional weight tying.
+"""Decoder-only transformer for token tasks: embeddings, blocks of (mixer, FFN) parts, final norm, unembedding.
 
-Covers the 4-layer model of the routed-transformer study and Nanda et al.'s 1-layer model
-(`norm: none`, `activation: relu`, `attn_bias: false`, `init_scheme: nanda`). Shapes: B batch, T positions,
-D d_model, H heads.
+The parts are chosen by config (`model/mixer=softmax`, `model/ffn=mlp | glu | routed`) and passed in as
+factories: the transformer calls `mixer(d_model=d_model)` and `ffn(d_model=d_model)` once per layer, every other
+setting of a part is the part's own. So the routed transformer of the routed-transformer study is this one with
+`ffn=RoutedFFN`, and Nanda et al.'s 1-layer model this one with `norm=none`, a relu MLP, no attention biases and
+`init_scheme=nanda`. Shapes: B batch, T positions, D d_model.
 """
 from __future__ import annotations
 
-import math
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
+from nets.block import NORMS, Block, make_norm
+from nets.ffns import MLPFFN
+from nets.mixers import SoftmaxAttention
 from nets.output import NetOutput
-from runtime.errors import require
-
-
-def make_norm(kind: str, d_model: int) -> nn.Module:
-    return nn.LayerNorm(d_model) if kind == "layernorm" else nn.Identity()
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, bias: bool):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.proj = nn.Linear(d_model, d_model, bias=bias)
-
-    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
-        if return_attention:
-            t = x.shape[1]
-            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-            attn = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # (B, H, T, T)
-            y = attn @ v
-        else:
-            attn = None
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(rearrange(y, "b h t d -> b t (h d)")), attn
-
-
-class FeedForward(nn.Module):
-    """d_model -> d_mlp -> d_model. Like every block FFN, returns (output, routing weights or None)."""
-
-    def __init__(self, d_model: int, d_mlp: int, activation: str, bias: bool):
-        super().__init__()
-        self.up = nn.Linear(d_model, d_mlp, bias=bias)
-        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.down = nn.Linear(d_mlp, d_model, bias=bias)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        return self.down(self.act(self.up(x))), None
-
-
-class Block(nn.Module):
-    """Pre-LN residual block: x + attn(ln(x)), then x + ffn(ln(x)). `ffn` is any d_model -> d_model module."""
-
-    def __init__(self, d_model: int, n_heads: int, ffn: nn.Module, norm: str, bias: bool):
-        super().__init__()
-        self.ln_attn = make_norm(norm, d_model)
-        self.attn = CausalSelfAttention(d_model, n_heads, bias)
-        self.ln_ffn = make_norm(norm, d_model)
-        self.ffn = ffn
-
-    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """-> (residual stream, attention probabilities or None, routing weights or None)."""
-        a, attn = self.attn(self.ln_attn(x), return_attention)
-        x = x + a
-        f, routing = self.ffn(self.ln_ffn(x))
-        return x + f, attn, routing
-
+from nets.settings import require, settings_of
 
 INIT_SCHEMES = ("normal", "nanda")
+PartFactory = Callable[..., nn.Module]
 
 
 class Transformer(nn.Module):
-    """Token + position embeddings, `n_layers` pre-LN blocks, final norm, unembedding to `num_classes`.
+    """Token + position embeddings, `n_layers` pre-norm blocks, final norm, unembedding to `num_classes`.
 
-    `num_classes` may differ from `vocab_size` (answer-only tasks predict residues only); weight tying needs
-    them equal. `bias` sets the attention and FFN biases, `attn_bias` (None = `bias`) the attention's alone.
+    `mixer`, `ffn`: factories of a block's parts, called with `d_model` (a class, or a `functools.partial` of
+    one with its settings: Hydra's `_partial_: true`). `num_classes` may differ from `vocab_size` (answer-only
+    tasks predict residues only); weight tying needs them equal.
     `init_scheme`: `normal` draws every weight from N(0, init_std^2); `nanda` follows Nanda et al.'s code
     (progress-measures-paper, transformers.py), where the scale is set per matrix: N(0, 1/d_model) for every
     weight but the unembedding's N(0, 1/num_classes) (theirs is 1/(p+1): its = token is a class too), so
-    `init_std` is then ignored. Biases start at zero in both.
+    `init_std` is then ignored. Biases start at zero in both. A part's raw weight matrices (not in an
+    nn.Linear) are drawn the same way through its `init_normal_(std)`.
+    Aux tensors are keyed `layer_<i>/mixer/<name>` and `layer_<i>/ffn/<name>` (nets/output.py).
     """
 
     input_kind = "tokens"
@@ -95,40 +45,33 @@ class Transformer(nn.Module):
         num_classes: int,
         seq_len: int,
         n_layers: int = 4,
-        n_heads: int = 4,
         d_model: int = 128,
-        d_mlp: int | None = None,
-        activation: str = "gelu",
+        mixer: PartFactory = SoftmaxAttention,
+        ffn: PartFactory = MLPFFN,
         norm: str = "layernorm",
-        bias: bool = True,
         tie_weights: bool = False,
         init_std: float = 0.02,
-        attn_bias: bool | None = None,
         init_scheme: str = "normal",
     ):
         super().__init__()
         require(isinstance(n_layers, int) and n_layers >= 1, "n_layers", n_layers, "an integer >= 1")
-        require(isinstance(n_heads, int) and n_heads >= 1, "n_heads", n_heads, "an integer >= 1")
         require(isinstance(d_model, int) and d_model >= 1, "d_model", d_model, "an integer >= 1")
-        require(d_model % n_heads == 0, "n_heads", n_heads, f"a divisor of d_model={d_model}", related=["d_model"])
-        require(activation in ("gelu", "relu"), "activation", activation, "gelu, relu")
-        require(norm in ("layernorm", "none"), "norm", norm, "layernorm, none")
+        require(norm in NORMS, "norm", norm, ", ".join(NORMS))
         require(not tie_weights or num_classes == vocab_size, "tie_weights", tie_weights,
                 f"false when num_classes ({num_classes}) != vocab_size ({vocab_size})")
         require(init_std > 0, "init_std", init_std, "a positive number")
-        require(attn_bias in (None, True, False), "attn_bias", attn_bias, "null (= bias), true or false")
         require(init_scheme in INIT_SCHEMES, "init_scheme", init_scheme, ", ".join(INIT_SCHEMES))
-        d_mlp = d_mlp or 4 * d_model
-        attn_bias = bias if attn_bias is None else attn_bias
+        for slot, factory in (("mixer", mixer), ("ffn", ffn)):
+            built = isinstance(factory, nn.Module)
+            require(callable(factory) and not built, slot, f"a built {type(factory).__name__}" if built else factory,
+                    "a factory of the part called with d_model: a class, or a functools.partial of one "
+                    "(a config node with _partial_: true)")
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         self.position_embedding = nn.Embedding(seq_len, d_model)
-        self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, self.make_ffn(d_model, d_mlp, activation, bias), norm, attn_bias)
-            for _ in range(n_layers)
-        )
+        self.blocks = nn.ModuleList(self.make_block(d_model, mixer, ffn, norm) for _ in range(n_layers))
         self.ln_final = make_norm(norm, d_model)
         self.unembed = nn.Linear(d_model, num_classes, bias=False)
-        # subclasses draw their own weights with init_std, so under `nanda` it holds that scheme's 1/sqrt(d_model)
+        # parts draw their own weight matrices with init_std, so under `nanda` it holds that scheme's 1/sqrt(d_model)
         self.init_std = d_model**-0.5 if init_scheme == "nanda" else init_std
         self.apply(self._init_weights)
         if init_scheme == "nanda":
@@ -136,33 +79,42 @@ class Transformer(nn.Module):
         if tie_weights:
             self.unembed.weight = self.token_embedding.weight
 
-    def make_ffn(self, d_model: int, d_mlp: int, activation: str, bias: bool) -> nn.Module:
-        """The per-block FFN (returns (output, routing or None)); subclasses (routed transformers) replace it."""
-        return FeedForward(d_model, d_mlp, activation, bias)
+    @staticmethod
+    def make_block(d_model: int, mixer: PartFactory, ffn: PartFactory, norm: str) -> Block:
+        # the FFN first: the order in which the transformer before parts drew its random numbers (same seed,
+        # same weights); a part's bad setting is reported under its slot (`ffn.d_hidden`)
+        with settings_of("ffn", passed=["d_model"]):
+            ffn_part = ffn(d_model=d_model)
+        with settings_of("mixer", passed=["d_model"]):
+            mixer_part = mixer(d_model=d_model)
+        return Block(d_model, mixer_part, ffn_part, norm)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+        if hasattr(module, "init_normal_"):
+            module.init_normal_(self.init_std)
 
     def forward(self, tokens: Tensor, return_attention: bool = False) -> NetOutput:
         # tokens: (B, T) -> logits (B, T, num_classes)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.token_embedding(tokens) + self.position_embedding(positions)
-        attention, routing = [], []
-        for block in self.blocks:
-            x, attn, weights = block(x, return_attention)
-            if attn is not None:
-                attention.append(attn)
-            if weights is not None:
-                routing.append(weights)
-        return NetOutput(logits=self.unembed(self.ln_final(x)), attention=attention, routing=routing)
+        aux: dict[str, Tensor] = {}
+        for i, block in enumerate(self.blocks):
+            x, block_aux = block(x, return_attention)
+            aux.update({f"layer_{i}/{key}": t for key, t in block_aux.items()})
+        return NetOutput(logits=self.unembed(self.ln_final(x)), aux=aux)
 
     def input_embedding(self) -> Tensor:
         """(vocab_size, d_model): the token embedding, row i for token id i."""
         return self.token_embedding.weight
 
     def no_weight_decay(self) -> set[str]:
-        """Embeddings are covered by the generic rule; a tied unembedding shares their (no-decay) weight."""
-        return set()
+        """What the parts declare (the routed FFN's gates); embeddings are covered by the generic rule, and a tied
+        unembedding shares their (no-decay) weight."""
+        return {f"blocks.{i}.{name}" for i, block in enumerate(self.blocks) for name in block.no_weight_decay()}
+
+
+__all__ = ["INIT_SCHEMES", "Transformer"]

@@ -1,1 +1,2 @@
-"""What surrounds a run: settings errors, loggers, the run summary."""
+"""What surrounds a run (docs/architecture.md): `config` (command line to objects), `run` (one run's life),
+`logs` (where its numbers go) and `errors` (what a run reports)."""

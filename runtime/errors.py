@@ -1,29 +1,16 @@
 """Error types: bad settings (printed by the launcher as one clear line), a diverged run, a run stopped by a signal."""
 from __future__ import annotations
 
-import re
 import signal
 from typing import Any, Sequence
 
+from nets.settings import InvalidSetting
 
-class ConfigError(ValueError):
-    """A setting has a value that cannot work. `key` is the setting's name, relative to its config group.
-    `related`: other settings of the same group that `allowed` names (e.g. `d_model` in "a divisor of
-    d_model=128"), so that they are qualified along with the key."""
 
-    def __init__(self, key: str, value: Any, allowed: str, related: Sequence[str] = ()):
-        self.key, self.value, self.allowed, self.related = key, value, allowed, tuple(related)
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        return f"{self.key}={self.value!r} is not allowed: expected {self.allowed}"
-
-    def under(self, group: str) -> "ConfigError":
-        """The same error with its key qualified by the config group it was built from (e.g. `data.p`)."""
-        allowed = self.allowed
-        for name in self.related:  # a whole name only: not part of a longer or already-qualified one
-            allowed = re.sub(rf"(?<![\w.]){re.escape(name)}(?!\w)", f"{group}.{name}", allowed)
-        return ConfigError(f"{group}.{self.key}", self.value, allowed, [f"{group}.{name}" for name in self.related])
+class ConfigError(InvalidSetting):
+    """A setting has a value that cannot work (see `nets.settings.InvalidSetting`: `key` relative to its config
+    group, `related` settings of the same group that `allowed` names). Raised outside nets/; `build` turns a net's
+    `InvalidSetting` into one qualified by its config group, so `except ConfigError` catches both."""
 
 
 def require(condition: bool, key: str, value: Any, allowed: str, related: Sequence[str] = ()) -> None:

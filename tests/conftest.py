@@ -29,7 +29,7 @@ SMALL = [
 def run_config(tmp_path):
     """run_config(overrides, name="run") -> (summary, run_dir): a full launch.run in tmp_path/name."""
     from launch import run
-    from runtime.compose import compose_config
+    from runtime.config.compose import compose_config
 
     def _run(overrides=(), name="run"):
         out = tmp_path / name

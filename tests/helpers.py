@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 
 from callbacks.run_checkpoint import RunCheckpoint
 from datamodules import ModularArithmetic
-from datamodules.loaders import EvalBatches
+from datamodules.batch import Batch, TaskSpec
+from datamodules.in_memory import InMemoryTask
+from datamodules.loaders import EvalBatches, take
 from lightning_modules.regularizers import Regularizer
 
 
@@ -83,4 +86,35 @@ class TrainAccuracyProbe(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, *args):
         assert len(self.accs) == trainer.global_step
-        self.accs.append(pl_module.evaluate(trainer.datamodule.splits["train"])["acc"])
+        self.accs.append(pl_module.evaluate(trainer.datamodule.eval_batches("train"))["acc"])
+
+
+VOCAB, SEQ_LEN = 8, 6
+
+
+class RandomTokens(InMemoryTask):
+    """Random rows, no structure: next-token targets answered (and trained) at the last 2 positions, or with
+    `onehot` one-hot inputs and one answer each."""
+
+    def __init__(self, n: int = 48, onehot: bool = False):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        if onehot:
+            inputs = F.one_hot(torch.randint(0, VOCAB, (n,), generator=g), VOCAB).float()
+            targets = torch.randint(0, VOCAB, (n, 1), generator=g)
+            answer = torch.ones(n, 1, dtype=torch.bool)
+            self._spec = TaskSpec(num_classes=VOCAB, in_features=VOCAB, input_kind="onehot")
+        else:
+            tokens = torch.randint(0, VOCAB, (n, SEQ_LEN + 1), generator=g)
+            inputs, targets = tokens[:, :-1], tokens[:, 1:]
+            answer = torch.zeros(n, SEQ_LEN, dtype=torch.bool)
+            answer[:, -2:] = True
+            self._spec = TaskSpec(num_classes=VOCAB, vocab_size=VOCAB, seq_len=SEQ_LEN,
+                                  metrics=("acc", "exact_match"))
+        every = Batch(inputs, targets, answer.float(), answer, torch.zeros(n, dtype=torch.long))
+        self.splits = {"train": take(every, slice(0, 32)), "val": take(every, slice(32, n)),
+                       "test": take(every, slice(0, 0))}
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self._spec

@@ -1,7 +1,7 @@
-"""Seed 003's eight runs compose to the settings of its 'Runs Summary' table, at both sizes."""
+"""The conditions-for-grokking study's eight runs compose to the settings of its 'Runs Summary' table, at both sizes."""
 import pytest
 
-from runtime.compose import compose_config
+from runtime.config.compose import compose_config
 
 # run: (layers, batch (None = full), wd, answer-only mask, 3-way split)
 TABLE = {1: (2, 512, 0.0, True, True), 2: (2, 512, 1.0, True, True), 3: (2, None, 0.0, True, False),

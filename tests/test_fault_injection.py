@@ -26,7 +26,7 @@ RUN = ["data.p=23", "trainer.max_steps=600", "trainer.val_check_interval=20", "t
 def run_here(overrides, run_dir: Path) -> dict:
     """`python launch.py OVERRIDES hydra.run.dir=RUN_DIR`, in this process (no interpreter start-up to pay)."""
     from launch import run
-    from runtime.compose import compose_config
+    from runtime.config.compose import compose_config
 
     threads = torch.get_num_threads()
     try:

@@ -6,8 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from lightning_modules.param_groups import DecayPolicy, split_by_decay
-from runtime.build import build, build_net
-from runtime.compose import CONF_DIR, compose_config
+from runtime.config.build import build, build_net
+from runtime.config.compose import CONF_DIR, compose_config
 from tests.conftest import metrics_rows
 
 ALL_DECAY = {"biases": True, "norms": True, "embeddings": True, "declared": True}
@@ -77,11 +77,11 @@ def test_the_project_defaults_preset_differs_in_the_documented_ways_only():
     faithful, old = compose_config(["experiment=nanda_grok"]), compose_config(["experiment=nanda_project_defaults"])
     assert old.data.op_token is True and old.trainer.gradient_clip_val == 1.0
     assert not any(old.optimizer.decay.values())
-    assert (old.model.attn_bias, old.model.init_scheme, old.model.init_std) == (None, "normal", 0.07)
+    assert (old.model.attn_bias, old.model.init_scheme, old.model.init_std) == (True, "normal", 0.07)
     for group in ("data", "model", "optimizer", "trainer"):
         same = {k for k in faithful[group] if faithful[group][k] == old[group][k]}
         assert set(faithful[group]) - same == {
-            "data": {"op_token"}, "model": {"attn_bias", "init_scheme", "init_std"},
+            "data": {"op_token"}, "model": {"attn_bias", "init_scheme", "init_std", "mixer"},
             "optimizer": {"decay"}, "trainer": {"gradient_clip_val"}}[group], group
 
 

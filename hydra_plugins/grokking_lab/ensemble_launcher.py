@@ -66,9 +66,9 @@ def prepare_member(cfg: DictConfig) -> dict[str, Any]:
     """The per-job task, run inside Hydra's job context: pin the job's config and build its loggers (which read
     the sweep context). A job whose folder already holds a finished run is skipped under `resume=true`."""
     from ensemble.members import Member, shared_part
-    from runtime.build import build
-    from runtime.resume import FINISHED, set_aside_earlier_attempt
-    from runtime.summary import read_summary
+    from runtime.config.build import build
+    from runtime.run.resume import FINISHED, set_aside_earlier_attempt
+    from runtime.run.summary import read_summary
 
     shared = shared_part(cfg)  # before resolving: run folders differ, their interpolations do not
     OmegaConf.resolve(cfg)  # ${hydra:...} and ${paths.output_dir} while this job's Hydra config is set

@@ -11,7 +11,8 @@ from torch import nn
 
 from callbacks.curvature import Curvature, fisher_trace, hutchinson_trace, hvp_operator, top_eigenvalue
 from datamodules.batch import Batch, TaskSpec
-from lightning_modules import GrokkingModule
+from lightning_modules import TaskModule
+from lightning_modules.answers import task_loss
 from lightning_modules.optimization import AdamWRecipe
 from nets import MLP
 from runtime.errors import ConfigError
@@ -200,12 +201,13 @@ P = 5
 def tiny_module():
     torch.manual_seed(0)
     spec = TaskSpec(num_classes=P, in_features=2 * P, input_kind="onehot")
-    module = GrokkingModule(MLP(2 * P, P, hidden_dim=6, n_hidden=1), spec, AdamWRecipe()).double()
+    module = TaskModule(MLP(2 * P, P, hidden_dim=6, n_hidden=1), spec, AdamWRecipe()).double()
     a, b = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
     a, b = a.flatten(), b.flatten()
     inputs = torch.cat([F.one_hot(a, P), F.one_hot(b, P)], 1).double()
     targets = ((a + b) % P)[:, None]
-    batch = Batch(inputs, targets, torch.ones_like(targets, dtype=torch.float64), torch.zeros_like(a))
+    batch = Batch(inputs, targets, torch.ones_like(targets, dtype=torch.float64),
+                  torch.ones_like(targets, dtype=torch.bool), torch.zeros_like(a))
     return module, batch
 
 
@@ -217,7 +219,7 @@ def exact_task_hessian(module, batch):
         chunks = torch.split(flat, [s.numel() for s in shapes.values()])
         values = {n: c.view(s) for (n, s), c in zip(shapes.items(), chunks)}
         output = torch.func.functional_call(module.net, values, (batch.inputs,))
-        return module.task_loss(output, batch)[0]
+        return task_loss(output, batch)[0]
 
     return torch.autograd.functional.hessian(flat_loss, torch.cat([p.detach().flatten() for p in named.values()]))
 
@@ -241,7 +243,7 @@ def test_the_callback_measures_the_task_loss_and_leaves_grads_mode_and_rng_alone
     assert not module.training
 
     params = list(module.net.parameters())
-    loss = module.task_loss(module.net(batch.inputs), batch)[0]
+    loss = task_loss(module.net(batch.inputs), batch)[0]
     grads = torch.autograd.grad(loss, params)
     assert values["grad_norm"] == pytest.approx(float(torch.sqrt(sum((g**2).sum() for g in grads))), rel=1e-10)
 
@@ -257,9 +259,10 @@ def test_the_callback_measures_the_task_loss_and_leaves_grads_mode_and_rng_alone
     assert values["fisher_trace"] == pytest.approx(float(torch.stack(per_example).mean()), rel=1e-10)
 
 
-def test_the_callback_reads_the_first_subset_size_training_examples_and_logs_under_curvature():
+def test_the_callback_reads_the_task_s_training_examples_and_logs_under_curvature():
     module, batch = tiny_module()
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(splits={"train": batch}), global_step=30)
+    examples = lambda split, n: Batch(*(t[:n] for t in {"train": batch}[split]))  # noqa: E731
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(examples=examples), global_step=30)
     callback = Curvature(subset_size=10, n_probes=2, power_iters=5)
     subset = callback.subset(trainer)
     assert torch.equal(subset.inputs, batch.inputs[:10]) and torch.equal(subset.targets, batch.targets[:10])

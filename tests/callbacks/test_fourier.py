@@ -12,6 +12,7 @@ from callbacks.fourier import (
     FourierSpectrum, excluded_loss, fourier_basis, frequency_energies, frequency_norms, gini, key_frequencies,
     key_frequency_component, restricted_loss, top_k_fraction,
 )
+from datamodules import ModularArithmetic
 from nets import MLP, Transformer
 from runtime.errors import ConfigError
 
@@ -149,7 +150,7 @@ def test_input_embedding_of_mlp_is_its_first_layer_on_one_hot_inputs():
 
 def test_input_embedding_of_transformer_is_its_token_embedding():
     torch.manual_seed(0)
-    net = Transformer(vocab_size=11, num_classes=7, seq_len=4, n_layers=1, n_heads=2, d_model=8)
+    net = Transformer(vocab_size=11, num_classes=7, seq_len=4, n_layers=1, d_model=8)
     tokens = torch.arange(11)
     assert torch.equal(net.input_embedding(), net.token_embedding(tokens))
 
@@ -160,7 +161,7 @@ def test_bad_settings_name_the_key():
     with pytest.raises(ConfigError, match="top_k"):
         FourierSpectrum(top_k=0)
     mlp = SimpleNamespace(net=MLP(in_features=22, num_classes=11, hidden_dim=8))
-    one_hot = SimpleNamespace(datamodule=SimpleNamespace(p=11, format="onehot", operations=["add"]))
+    one_hot = SimpleNamespace(datamodule=ModularArithmetic(p=11, format="onehot"), is_global_zero=True)
     with pytest.raises(ConfigError, match="progress_measures='on'"):
         FourierSpectrum(progress_measures="on").setup(one_hot, mlp, "fit")
     FourierSpectrum(progress_measures="auto").setup(one_hot, mlp, "fit")  # auto skips silently
@@ -175,8 +176,8 @@ FOURIER = ["+callbacks.fourier._target_=callbacks.fourier.FourierSpectrum", "+ca
 def final_net(run_dir, overrides):
     """The net rebuilt from the run's last checkpoint, and its data."""
     from datamodules import ModularArithmetic
-    from runtime.build import build_net
-    from runtime.compose import compose_config
+    from runtime.config.build import build_net
+    from runtime.config.compose import compose_config
     from tests.conftest import SMALL
     cfg = compose_config([*SMALL, *overrides], output_dir=run_dir)
     data = ModularArithmetic(**{k: v for k, v in cfg.data.items() if k != "_target_"})

@@ -280,8 +280,8 @@ def test_grokfast_reaches_095_in_fewer_steps_from_the_same_init(run_config):
 def test_the_paper_experiment_composes_to_the_papers_task_and_regime(experiment, p, d_model):
     """ironjr/grokfast main.py: x·y mod 97, 50% train, batch 512, 2 layers of width 128 with 4 heads, Adam
     lr 1e-3 betas (0.9, 0.98) with 10 warmup steps, no clipping; filters α 0.98 λ 2 / w 100 λ 5."""
-    from runtime.build import build
-    from runtime.compose import compose_config
+    from runtime.config.build import build
+    from runtime.config.compose import compose_config
 
     cfg = compose_config([f"experiment={experiment}"])
     assert (cfg.data.p, list(cfg.data.operations), cfg.data.format) == (p, ["mul"], "tokens")
@@ -353,7 +353,7 @@ def test_the_benchs_paper_arms_compose_to_the_papers_filters_and_l2():
     """bench/time_to_grok.py --paper: the reference runs' settings per arm (README commands of ironjr/grokfast);
     with one --l2 for all, the no-filter arm only adds the L2 (λ = 0)."""
     from bench.time_to_grok import arm_overrides
-    from runtime.compose import compose_config
+    from runtime.config.compose import compose_config
 
     def grokfast(arm, l2):
         return compose_config(["experiment=grokfast_paper_cpu", *arm_overrides(arm, l2)]).callbacks.get("grokfast")

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from callbacks.routing import per_example
+from datamodules.task import at_answers
 from lightning_modules.routing_regularizers import entropy
 
 FAST = ["callbacks=diagnostics", "callbacks.gates.every_n_steps=10", "callbacks.routing.every_n_steps=20",
@@ -25,7 +25,7 @@ def test_gated_run_draws_gate_heatmap_and_grokking_curves(run_config):
 
 
 def test_routing_diagnostics_measure_the_whole_grid(run_config):
-    from runtime.build import build_net  # the same net rebuilt from the final checkpoint's weights
+    from runtime.config.build import build_net  # the same net rebuilt from the final checkpoint's weights
     summary, run_dir = run_config([*FAST, *ROUTED])
     assert summary["status"] == "completed"
     assert {"routing_head_map.png", "routing_entropy.png", "attention_maps.png"} <= {
@@ -36,7 +36,7 @@ def test_routing_diagnostics_measure_the_whole_grid(run_config):
 
     # recompute independently from the final weights on all 7 x 7 inputs, read at the last input position
     from datamodules import ModularArithmetic
-    from runtime.compose import compose_config
+    from runtime.config.compose import compose_config
     cfg = compose_config([*FAST, *ROUTED], output_dir=run_dir)
     data = ModularArithmetic(**{k: v for k, v in cfg.data.items() if k != "_target_"})
     net = build_net(cfg.model, data.spec)
@@ -50,9 +50,17 @@ def test_routing_diagnostics_measure_the_whole_grid(run_config):
     assert last["routing/eval_entropy/layer_0"] == pytest.approx(entropy(weights).mean().item(), rel=1e-4)
 
 
-def test_per_example_reads_token_nets_at_the_last_position():
-    w = torch.arange(24.0).reshape(2, 3, 4)
-    assert torch.equal(per_example(w), w[:, -1]) and torch.equal(per_example(w[:, 0]), w[:, 0])
+def test_at_answers_reads_token_nets_where_the_answer_is():
+    w = torch.arange(2 * 5 * 4.0).reshape(2, 5, 4)  # (N, T_in, heads)
+    last = torch.ones(2, 1, dtype=torch.bool)  # tokens format: one target, at the last position
+    assert torch.equal(at_answers(w, last), w[:, -1])
+    middle = torch.zeros(2, 3, dtype=torch.bool)
+    middle[:, 1] = True  # 3 targets aligned with the last 3 positions: the answer is input position 5 - 3 + 1 = 3
+    assert torch.equal(at_answers(w, middle), w[:, 3])
+    two = torch.zeros(2, 5, dtype=torch.bool)
+    two[:, -2:] = True  # two answer tokens: example-major rows
+    assert torch.equal(at_answers(w, two), w[:, -2:].reshape(4, 4))
+    assert torch.equal(at_answers(w[:, 0], last), w[:, 0])  # one-hot nets: one row per example
 
 
 def test_multi_op_routing_draws_usage_by_operation(run_config):

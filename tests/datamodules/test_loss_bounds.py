@@ -1,4 +1,4 @@
-"""Loss bounds of seed 003: the formulas, and an independent check by counting on the real encoded data."""
+"""Loss bounds of the conditions-for-grokking study: the formulas, and an independent check by counting on the real encoded data."""
 import math
 from collections import Counter, defaultdict
 
@@ -21,7 +21,7 @@ def test_bounds_match_the_formulas(p):
     assert loss_bounds(p, "sequence", "answer", operations=["add", "mul"]) == pytest.approx((0.0, math.log(p)))
 
 
-def test_seed_003_table_values_for_p_97():
+def test_conditions_study_table_values_for_p_97():
     bounds = loss_bounds(97, "sequence", "all")
     assert isinstance(bounds, LossBounds)
     assert round(bounds.generalising, 3) == 1.307 and round(bounds.random_answer, 3) == 1.961
@@ -80,13 +80,13 @@ def test_answer_only_counting_is_zero_and_a_uniform_answer_reaches_the_random_bo
         log_probs = counting_log_probs(data.all, data.spec.vocab_size)
         guess = torch.full((data.spec.vocab_size,), math.log(1e-30), dtype=torch.float64)
         guess[:p] = -math.log(p)
-        log_probs[:, data.spec.answer_position] = guess
+        log_probs[:, 4] = guess  # the answer c (sequence format)
         assert masked_cross_entropy(log_probs, data.all) == pytest.approx(
             loss_bounds(p, "sequence", loss_on).random_answer, rel=1e-9)
 
 
 def test_a_train_split_can_be_fit_below_the_population_bound():
-    # fewer b per a on train: counting there memorises which operands occur (seed 003's run 7, train < 1.307)
+    # fewer b per a on train: counting there memorises which operands occur (the conditions-for-grokking study's run 7, train < 1.307)
     data = ModularArithmetic(p=11, format="sequence", loss_on="all", train_fraction=0.5)
     fit = minimal_cross_entropy(data.splits["train"], data.spec.vocab_size)
     assert fit < loss_bounds(11, "sequence", "all").generalising - 0.05
@@ -103,7 +103,7 @@ def test_bad_arguments_name_the_setting(kwargs, key):
         loss_bounds(**kwargs)
 
 
-def test_phases_of_seed_003_runs():
+def test_phases_of_the_conditions_study_runs():
     bounds = loss_bounds(97, "sequence", "all")  # 1.307, 1.961
     assert classify_phase(1.057, 2.511, bounds, tol=0.1) == "memorising"  # run 7, wd = 0
     assert classify_phase(1.091, 1.384, bounds, tol=0.1) == "generalising"  # run 8: val near, train below

@@ -28,7 +28,7 @@ def reference_label(op: str, a: int, b: int, p: int) -> int:
 def decode(dm: ModularArithmetic, i: int):
     """(a, op name, b, c) of example i, read back from the encoded inputs."""
     p, x = dm.p, dm.all.inputs[i]
-    c = int(dm.all.targets[i, dm.spec.answer_position])
+    c = int(dm.all.targets[i][dm.all.answer_mask[i]].item())
     if dm.format == "onehot":
         a, b = int(x[:p].argmax()), int(x[p : 2 * p].argmax())
         op = int(x[2 * p :].argmax()) if dm.n_ops > 1 else 0
@@ -74,9 +74,11 @@ def test_sequence_format_tokens_and_answer_mask():
     assert torch.equal(y[:, :4], x[:, 1:5])  # next-token targets
     # answer-only: exactly the position whose target is c
     assert torch.equal(mask, torch.zeros_like(mask).index_fill_(1, torch.tensor([4]), 1.0))
-    assert dm.spec.answer_position == 4
+    assert torch.equal(dm.all.answer_mask, mask.bool())  # the answer is position 4 whatever the loss covers
     all_positions = ModularArithmetic(p=p, format="sequence", loss_on="all")
     assert torch.all(all_positions.all.loss_mask == 1)
+    answers = all_positions.all.answer_mask
+    assert answers[:, 4].all() and answers.sum().item() == len(answers)  # loss on all, answer still c alone
 
 
 def test_tokens_format_predicts_residues_only():
@@ -94,7 +96,8 @@ def test_without_op_token_the_input_is_a_b_eq_and_the_answer_follows_eq():
     assert dm.all.inputs[row].tolist() == [3, 5, 7]
     assert dm.all.targets[row].tolist() == [(3 + 5) % p] and dm.all.loss_mask[row].tolist() == [1.0]
     spec = dm.spec
-    assert (spec.num_classes, spec.vocab_size, spec.seq_len, spec.answer_position) == (p, p + 1, 3, 0)
+    assert (spec.num_classes, spec.vocab_size, spec.seq_len) == (p, p + 1, 3)
+    assert dm.all.answer_mask.all()  # the one target is the answer
     assert dm.all.inputs.shape == (p * p, 3) and dm.all.targets.shape == (p * p, 1)
     with_op = ModularArithmetic(p=p, format="tokens")
     assert with_op.all.inputs[row].tolist() == [3, 7, 5, 8] and with_op.operand_columns == (0, 2)

@@ -10,8 +10,8 @@ import torch
 from analysis import load_sweep
 from ensemble.members import Member
 from ensemble.run import run_ensemble
-from runtime.build import build
-from runtime.compose import compose_config
+from runtime.config.build import build
+from runtime.config.compose import compose_config
 from runtime.errors import ConfigError
 from tests.conftest import SMALL, launch_cli, metrics_rows, read_json
 

@@ -33,3 +33,10 @@ def test_callbacks_acting_inside_a_step_are_refused_by_name(callback, name):
 def test_other_settings_a_graph_cannot_honour_are_refused(setting, message):
     with pytest.raises(ConfigError, match=message):
         check_graphable(trainer(**setting))
+
+
+def test_a_task_without_an_in_memory_training_split_is_refused_by_name():
+    setting = trainer()
+    setting.datamodule = type("TextStream", (), {"train_dataloader": lambda self: iter(())})()  # no `splits`
+    with pytest.raises(ConfigError, match="expected false for TextStream, which holds no training split in memory"):
+        check_graphable(setting)

@@ -4,10 +4,11 @@ from torch import nn
 
 from lightning_modules import AdamWRecipe, DecayPolicy
 from lightning_modules.param_groups import categories, split_by_decay
-from nets import MLP, GatedMLP, RoutedMLP, RoutedTransformer, Transformer
-from runtime.build import build
-from runtime.compose import compose_config
+from nets import MLP, GatedMLP, RoutedMLP
+from runtime.config.build import build
+from runtime.config.compose import compose_config
 from runtime.errors import ConfigError
+from tests.nets.helpers import routed_transformer, transformer
 
 
 class Declares(nn.Module):
@@ -29,7 +30,7 @@ def test_mlp_decays_weights_not_biases():
 
 
 def test_transformer_exempts_exactly_embeddings_norms_and_biases():
-    net = Transformer(vocab_size=7, num_classes=5, seq_len=4, n_layers=1, n_heads=1, d_model=8)
+    net = transformer(vocab_size=7, num_classes=5, seq_len=4, n_layers=1, n_heads=1, d_model=8)
     decayed, exempt = split_by_decay(net, DecayPolicy())
     assert set(exempt) == {
         "token_embedding.weight", "position_embedding.weight",
@@ -47,13 +48,13 @@ def test_declared_names_are_exempt_unless_policy_decays_them():
 
 
 def test_decay_everything_like_openai_grok():
-    net = Transformer(vocab_size=7, num_classes=7, seq_len=4, n_layers=1, n_heads=1, d_model=8, tie_weights=True)
+    net = transformer(vocab_size=7, num_classes=7, seq_len=4, n_layers=1, n_heads=1, d_model=8, tie_weights=True)
     decayed, exempt = split_by_decay(net, DecayPolicy(True, True, True, True))
     assert exempt == [] and len(decayed) == len(list(net.parameters()))
 
 
 def test_tied_weight_is_listed_once_as_an_embedding():
-    net = Transformer(vocab_size=7, num_classes=7, seq_len=4, n_layers=1, n_heads=1, d_model=8, tie_weights=True)
+    net = transformer(vocab_size=7, num_classes=7, seq_len=4, n_layers=1, n_heads=1, d_model=8, tie_weights=True)
     decayed, exempt = split_by_decay(net, DecayPolicy())
     assert "token_embedding.weight" in exempt and "unembed.weight" not in decayed + exempt
 
@@ -130,9 +131,9 @@ def linears(*names: str) -> dict[str, str]:
 # (per head: 1-D per head) additive offset after a linear map; norms are LayerNorm scales and shifts.
 NETS = {
     "mlp": (lambda: MLP(6, 3, hidden_dim=5, n_hidden=2), linears("hidden.0", "hidden.2", "head")),
-    "transformer": (lambda: Transformer(7, 5, 4, n_layers=2, n_heads=1, d_model=8),
+    "transformer": (lambda: transformer(7, 5, 4, n_layers=2, n_heads=1, d_model=8),
                     transformer_roles(linears("ffn.up", "ffn.down"))),
-    "routed_transformer": (lambda: RoutedTransformer(7, 5, 4, n_ffn_heads=2, n_layers=2, n_heads=1, d_model=8),
+    "routed_transformer": (lambda: routed_transformer(7, 5, 4, n_ffn_heads=2, n_layers=2, n_heads=1, d_model=8),
                            transformer_roles({f"ffn.{k}": v for k, v in (HEADS | linears("gate")).items()})),
     "routed_mlp": (lambda: RoutedMLP(6, 3, d_model=8, d_hidden=8, state_dim=4, n_layers=2, n_heads=2),
                    linears("embed", "route_init", "head")

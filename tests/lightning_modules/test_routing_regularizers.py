@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.routing_regularizers import RoutingRegularizer
+from lightning_modules.routing_regularizers import RoutingRegularizer, entropy
 from nets.output import NetOutput
 from runtime.errors import ConfigError
 from tests.conftest import SMALL
@@ -13,8 +13,13 @@ UNIFORM = torch.full((3, 5, N), 1 / N)
 ONE_HOT = torch.nn.functional.one_hot(torch.arange(16).reshape(4, 4) % N, N).float()  # each head 4 times
 
 
-def term(kind, *layers):
-    return RoutingRegularizer(kind, 0.1).term(NetOutput(logits=torch.zeros(1), routing=list(layers))).item()
+def routed(*layers, slot="ffn/"):
+    """The output of a net with one router per layer (`slot=""`: a routed MLP's keys)."""
+    return NetOutput(logits=torch.zeros(1), aux={f"layer_{i}/{slot}routing": w for i, w in enumerate(layers)})
+
+
+def term(kind, *layers, where=None):
+    return RoutingRegularizer(kind, 0.1, where=where).term(routed(*layers)).item()
 
 
 @pytest.mark.parametrize("kind, uniform", [("entropy", math.log(N)), ("sparsity", math.sqrt(N) - 1),
@@ -47,11 +52,60 @@ def test_unknown_kind_and_missing_routing_are_errors():
         term("entropy")
 
 
+SKEWED = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.4, 0.4, 0.1, 0.1]])
+
+
+@pytest.mark.parametrize("kind", RoutingRegularizer.TERMS)
+def test_where_selects_one_layers_router_and_equals_the_term_on_that_layer_alone(kind):
+    layers = (UNIFORM, SKEWED, ONE_HOT)
+    alone = term(kind, SKEWED)
+    assert term(kind, *layers, where="layer_1/ffn") == pytest.approx(alone, abs=1e-7)
+    assert term(kind, *layers, where="layer_1") == pytest.approx(alone, abs=1e-7)  # the places inside layer 1
+    assert term(kind, *layers, where="layer_[01]/*") == pytest.approx(term(kind, UNIFORM, SKEWED), abs=1e-7)
+    assert term(kind, *layers, where="layer_*/ffn") == pytest.approx(term(kind, *layers), abs=1e-7)  # = default
+    mlp = RoutingRegularizer(kind, 0.1, where="layer_1").term(routed(*layers, slot="")).item()
+    assert mlp == pytest.approx(alone, abs=1e-7)  # a routed MLP's `layer_<i>/routing`
+
+
+def test_the_default_is_the_mean_over_layers_of_every_router():
+    layers = (UNIFORM, SKEWED, ONE_HOT)
+    each = [term("entropy", w) for w in layers]
+    assert term("entropy", *layers) == pytest.approx(sum(each) / 3, abs=1e-7)
+    assert term("entropy", *layers, where=None) == term("entropy", *layers)
+
+
+def test_where_that_selects_nothing_names_the_routers_there_are():
+    with pytest.raises(ValueError, match=r"where='layer_5/ffn' selects no router; routers sit at: layer_0/ffn, "
+                                         r"layer_1/ffn$"):
+        term("entropy", UNIFORM, SKEWED, where="layer_5/ffn")
+    with pytest.raises(ConfigError, match="where"):
+        RoutingRegularizer("entropy", 0.1, where="")
+    with pytest.raises(ConfigError, match="where"):
+        RoutingRegularizer("entropy", 0.1, where=1)
+
+
+def test_where_on_a_configured_routed_transformer(tmp_path):
+    from hydra.utils import instantiate
+
+    from runtime.config.build import build, build_net
+    from runtime.config.compose import compose_config
+
+    cfg = compose_config(["experiment=routed_cpu", "data.p=7", "model.n_layers=2", "model.d_model=16",
+                          "model.n_heads=2", "regularizer=entropy", "+regularizer.entropy.where=layer_1/ffn"],
+                         output_dir=tmp_path)
+    data = instantiate(cfg.data)
+    torch.manual_seed(0)
+    out = build_net(cfg.model, data.spec)(data.splits["train"].inputs)
+    regularizer = build(cfg.regularizer, "regularizer")["entropy"]
+    assert regularizer.where == "layer_1/ffn"
+    torch.testing.assert_close(regularizer.term(out), entropy(out.aux["layer_1/ffn/routing"]).mean())
+
+
 def routing_entropy_after(run_config, name, regularizer):
     from hydra.utils import instantiate
 
-    from runtime.build import build_net
-    from runtime.compose import compose_config
+    from runtime.config.build import build_net
+    from runtime.config.compose import compose_config
 
     overrides = ["experiment=routed_none", "data.p=11", "data.train_fraction=0.5", "model.n_layers=1",
                  "model.d_model=32", "optimizer.lr=3e-3", "optimizer.warmup_steps=10", "trainer.max_steps=150",

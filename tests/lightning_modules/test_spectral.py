@@ -55,3 +55,41 @@ def test_spectral_refuses_division(run_config):
 
     with pytest.raises(ConfigError, match="data.operations"):
         run_config(["data.operations=[div]", "regularizer=spectral"])
+
+
+def test_spectral_refuses_a_task_without_modular_structure_in_one_line_naming_the_keys():
+    from types import SimpleNamespace
+
+    from lightning_modules.spectral import SpectralPenalty
+    from runtime.errors import ConfigError
+    from tests.helpers import RandomTokens
+
+    module = SimpleNamespace(trainer=SimpleNamespace(datamodule=RandomTokens()))
+    with pytest.raises(ConfigError) as refused:
+        SpectralPenalty(0.1).bind(module)
+    assert str(refused.value) == ("data='RandomTokens' is not allowed: expected modular arithmetic with "
+                                  "regularizer.spectral (the penalty reads the net on the Z_p x Z_p grid, which "
+                                  "this task lacks)")
+
+
+@pytest.mark.parametrize("format", ["onehot", "tokens", "sequence"])
+def test_the_term_reads_the_answer_position_of_every_format(format):
+    from types import SimpleNamespace
+
+    from datamodules import ModularArithmetic
+    from lightning_modules.answers import aligned_logits
+    from lightning_modules.spectral import SpectralPenalty
+    from nets import MLP, Transformer
+
+    p = 7
+    data = ModularArithmetic(p=p, format=format)
+    spec = data.spec
+    torch.manual_seed(0)
+    net = (MLP(spec.in_features, spec.num_classes, hidden_dim=8) if format == "onehot" else
+           Transformer(spec.vocab_size, spec.num_classes, spec.seq_len, n_layers=1, d_model=8))
+    penalty = SpectralPenalty(1.0)
+    penalty.bind(SimpleNamespace(trainer=SimpleNamespace(datamodule=data), net=net, device=torch.device("cpu")))
+    grid = data.grid()
+    column = 4 if format == "sequence" else 0  # sequence targets [a, OP, b, EQ, c, EOS, EOS]: c at 4
+    expected = aligned_logits(net(grid.inputs), grid.targets.shape[1])[:, column]
+    assert penalty.term(None).item() == pytest.approx(spectral_term(expected, p).item(), rel=1e-6)

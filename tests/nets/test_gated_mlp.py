@@ -6,7 +6,7 @@ import torch
 from lightning_modules import DecayPolicy
 from lightning_modules.compute_cost import ComputeCost
 from lightning_modules.param_groups import split_by_decay
-from nets import GatedMLP
+from nets import GatedMLP, InvalidSetting
 from nets.output import NetOutput
 from runtime.errors import ConfigError
 
@@ -131,7 +131,7 @@ def test_a_closed_gate_skips_its_layer_and_widths_change_through_projections_alo
     (dict(hidden_dims=8), "a non-empty list of positive integers"),
 ])
 def test_bad_widths_are_one_line_errors_under_the_model_group(kw, allowed):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(InvalidSetting) as info:
         GatedMLP(in_features=6, num_classes=3, **kw)
     message = str(info.value.under("model"))
     assert info.value.key == "hidden_dims" and message.startswith("model.hidden_dims=") and allowed in message
@@ -139,9 +139,9 @@ def test_bad_widths_are_one_line_errors_under_the_model_group(kw, allowed):
 
 
 def test_bad_gate_settings():
-    with pytest.raises(ConfigError):
+    with pytest.raises(InvalidSetting):
         net(gate_type="relu")
-    with pytest.raises(ConfigError):
+    with pytest.raises(InvalidSetting):
         net(gate_init=0.0)
     with pytest.raises(ConfigError):
         ComputeCost("flops", 0.1)

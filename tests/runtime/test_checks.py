@@ -1,9 +1,9 @@
-"""Top-level and trainer settings refused in one line before anything is built (runtime/checks.py)."""
+"""Top-level and trainer settings refused in one line before anything is built (runtime/config/checks.py)."""
 import pytest
 import torch
 
-from runtime.checks import check_run_settings
-from runtime.compose import compose_config
+from runtime.config.checks import check_run_settings
+from runtime.config.compose import compose_config
 from runtime.errors import ConfigError
 
 STEPS = "an integer >= 1"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 
-from runtime.csv_logger import RunCSVLogger, read_rows
+from runtime.logs.csv_logger import RunCSVLogger, read_rows
 
 
 def rows(path):

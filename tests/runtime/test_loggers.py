@@ -1,6 +1,6 @@
 import pytest
 
-from runtime.loggers import resolve_wandb_mode, wandb_credentials_present
+from runtime.logs.loggers import resolve_wandb_mode, wandb_credentials_present
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""A misspelled override key is reported in one line with the closest setting (runtime/override_check.py)."""
+"""A misspelled override key is reported in one line with the closest setting (runtime/config/override_check.py)."""
 
 import pytest
 
-from runtime.override_check import unknown_key_message
+from runtime.config.override_check import unknown_key_message
 
 DATA = ("settings under data: batch_size, eval_batch_size, format, loss_on, op_token, operations, p, shuffle_seed, "
         "split_seed, test_fraction, train_fraction, val_fraction")
@@ -21,14 +21,15 @@ OPTIMIZER = "settings under optimizer: betas, decay, declared_lr, eps, fused, lr
         (["--cfg", "job", "data.pp=5"], f"data.pp is not a setting; did you mean data.p? ({DATA})"),
         (["optimzer.lr=1e-3"], "optimzer.lr is not a setting; did you mean optimizer.lr? (top-level settings: "
                                "callbacks, ckpt_path, data, init_from, init_scale, logger, matmul_precision, model, "
-                               "module, name, optimizer, paths, regularizer, resume, seed, tags, threads, trainer)"),
+                               "module, name, optimized_metric, optimized_mode, optimizer, paths, regularizer, resume, "
+                               "seed, tags, threads, trainer)"),
         (["data.hidden_dim=64"], f"data.hidden_dim is not a setting; did you mean model.hidden_dim? ({DATA})"),
         # the group choices come first: the transformer's keys are known, the MLP's are not
         (["model.n_heds=2", "model=transformer"], "model.n_heds is not a setting; did you mean model.n_heads? "
-         "(settings under model: activation, attn_bias, bias, d_mlp, d_model, init_scheme, init_std, n_heads, "
-         "n_layers, norm, tie_weights)"),
+         "(settings under model: activation, attn_bias, bias, d_mlp, d_model, ffn, init_scheme, init_std, mixer, "
+         "n_heads, n_layers, norm, tie_weights)"),
         (["regularizer=entropy", "regularizer.entropy.weigth=1"], "regularizer.entropy.weigth is not a setting; did "
-         "you mean regularizer.entropy.weight? (settings under regularizer.entropy: kind, weight)"),
+         "you mean regularizer.entropy.weight? (settings under regularizer.entropy: kind, weight, where)"),
     ],
 )
 def test_a_misspelled_key_is_named_with_the_closest_setting(args, message):

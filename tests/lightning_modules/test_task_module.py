@@ -2,34 +2,36 @@ import torch
 import torch.nn.functional as F
 
 from datamodules import ModularArithmetic
-from lightning_modules import AdamWRecipe, GrokkingModule
-from nets import Transformer
+from lightning_modules import AdamWRecipe, TaskModule
+from lightning_modules.answers import task_loss
 from nets.output import NetOutput
+from tests.nets.helpers import transformer
 
 
 def module_for(dm):
     torch.manual_seed(0)
     s = dm.spec
-    net = Transformer(vocab_size=s.vocab_size, num_classes=s.num_classes, seq_len=s.seq_len, n_layers=1,
+    net = transformer(vocab_size=s.vocab_size, num_classes=s.num_classes, seq_len=s.seq_len, n_layers=1,
                       n_heads=2, d_model=16)
-    return GrokkingModule(net, s, AdamWRecipe())
+    return TaskModule(net, s, AdamWRecipe())
 
 
 def test_answer_only_loss_is_cross_entropy_at_the_answer_position():
     dm = ModularArithmetic(p=7, format="sequence", loss_on="answer")
     module, batch = module_for(dm), dm.splits["train"]
     logits = module.net(batch.inputs).logits
-    loss, answer_logits = module.task_loss(NetOutput(logits), batch)
+    loss, aligned = task_loss(NetOutput(logits), batch)
     expected = F.cross_entropy(logits[:, 4], batch.targets[:, 4])
     torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(answer_logits, logits[:, 4])
+    torch.testing.assert_close(aligned, logits)
+    assert batch.answer_mask.nonzero()[:, 1].unique().tolist() == [4]  # accuracy is read at the answer only
 
 
 def test_all_positions_loss_is_the_mean_over_seven_positions():
     dm = ModularArithmetic(p=7, format="sequence", loss_on="all")
     module, batch = module_for(dm), dm.splits["train"]
     logits = module.net(batch.inputs).logits
-    loss, _ = module.task_loss(NetOutput(logits), batch)
+    loss, _ = task_loss(NetOutput(logits), batch)
     per_position = [F.cross_entropy(logits[:, t], batch.targets[:, t]) for t in range(7)]
     torch.testing.assert_close(loss, torch.stack(per_position).mean())
 
@@ -38,9 +40,9 @@ def test_token_task_reads_the_last_position():
     dm = ModularArithmetic(p=7, format="tokens")
     module, batch = module_for(dm), dm.splits["val"]
     logits = module.net(batch.inputs).logits
-    loss, _ = module.task_loss(NetOutput(logits), batch)
+    loss, _ = task_loss(NetOutput(logits), batch)
     torch.testing.assert_close(loss, F.cross_entropy(logits[:, -1], batch.targets[:, 0]))
-    result = module.evaluate(batch)
+    result = module.evaluate([batch])
     expected_acc = (logits[:, -1].argmax(-1) == batch.targets[:, 0]).float().mean().item()
     assert result["acc"] == expected_acc and abs(result["loss"] - loss.item()) < 1e-6
 

@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
-from runtime.compose import CONF_DIR
+from runtime.config.compose import CONF_DIR
 
 # options after which the app does not run this config: help, shell completion, another config, a rerun
 NOT_CHECKED = ("help", "hydra_help", "info", "shell_completion", "config_path", "config_name", "config_dir",

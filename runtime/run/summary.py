@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from runtime.loggers import finish_wandb, publish_summary
+from runtime.logs.loggers import finish_wandb, publish_summary
 
 
 def _clean(value: Any) -> Any:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from runtime.errors import ConfigError, require
-from runtime.summary import read_summary
+from runtime.run.summary import read_summary
 
 # statuses `resume=true` skips: the run is over, and training it again would end the same way
 FINISHED = ("completed", "stopped_after_grokking", "diverged")

@@ -1,27 +1,26 @@
-"""The LightningModule for classification-style algorithmic tasks: task loss, regularisers, metrics, optimiser.
+"""The one LightningModule: trains any net from `nets/` on any task (datamodules.task): task loss, regularisers,
+the task's metrics, the optimiser.
 
-It trains any net from `nets/` on any DataModule whose batches are `datamodules.Batch`: the loss is
-cross-entropy on the positions the batch's `loss_mask` selects; accuracy is on the answer position.
-Training metrics are computed and logged only on logging steps, so a full-batch step costs what the net costs.
-They come from the step's own forward, so they measure the weights before its update (callbacks.grokking_time
-counts a train threshold accordingly).
+The loss is cross-entropy on the positions the batch's `loss_mask` selects; the metrics are those the task
+declares (`TaskSpec.metrics`, lightning_modules.answers) on the positions its `answer_mask` selects, read from one
+teacher-forced forward or generated token by token (`TaskSpec.decoding`). Training metrics are computed and logged
+only on logging steps, so a full-batch step costs what the net costs. They come from the step's own forward, so
+they measure the weights before its update (callbacks.grokking_time counts a train threshold accordingly).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.batch import Batch, TaskSpec
+from lightning_modules.answers import AnswerMetrics, batch_accuracy, task_loss
 from lightning_modules.cadence import is_log_step
-from lightning_modules.cuda_graph import CapturedStep, StepResult, check_graphable
 from lightning_modules.compute_cost import binary_entropy
+from lightning_modules.cuda_graph import CapturedStep, StepResult, check_graphable
+from lightning_modules.decoding import greedy_logits
 from lightning_modules.optimization import AdamWRecipe
 from lightning_modules.regularizers import Regularizer
 from lightning_modules.routing_regularizers import entropy
@@ -31,25 +30,7 @@ from runtime.errors import NonFiniteLossError, require
 EVAL_STAGES = ("val", "test")
 
 
-def aligned_logits(output: NetOutput, n_targets: int) -> Tensor:
-    """(N, T, classes): the net's logits at the T positions that have targets (the last T)."""
-    logits = output.logits if output.logits.ndim == 3 else output.logits[:, None]
-    return logits[:, -n_targets:]
-
-
-def task_loss(output: NetOutput, batch: Batch, answer_position: int) -> tuple[Tensor, Tensor]:
-    """(cross-entropy averaged over the positions `batch.loss_mask` selects, answer logits (N, classes)).
-    Pure tensor code, so an ensemble can run it per member under `torch.func.vmap`."""
-    logits = aligned_logits(output, batch.targets.shape[1])
-    answer_logits = logits[:, answer_position]
-    if batch.targets.shape[1] == 1:  # answer-only tasks: the mask is all ones
-        return F.cross_entropy(answer_logits, batch.targets[:, 0]), answer_logits
-    ce = F.cross_entropy(rearrange(logits, "n t c -> (n t) c"), batch.targets.flatten(), reduction="none")
-    mask = batch.loss_mask.flatten()
-    return (ce * mask).sum() / mask.sum(), answer_logits
-
-
-class GrokkingModule(pl.LightningModule):
+class TaskModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
@@ -68,32 +49,11 @@ class GrokkingModule(pl.LightningModule):
         self.automatic_optimization = not cuda_graph
         self._captured: CapturedStep | None = None
         self.regularizers = dict(regularizers or {})
-        accuracy = lambda: MulticlassAccuracy(spec.num_classes, average="micro", validate_args=False)  # noqa: E731
-        self.train_acc = accuracy()
         self.per_group = len(spec.group_names) > 1  # multi-op data: accuracy per operation too
-        groups = spec.group_names if self.per_group else ()
-        self.eval_metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {"loss": MeanMetric(), "acc": accuracy(), **{f"acc/{g}": accuracy() for g in groups}}
-                )
-                for stage in EVAL_STAGES
-            }
-        )
+        self.eval_metrics = nn.ModuleDict({stage: AnswerMetrics(spec) for stage in EVAL_STAGES})
 
     def forward(self, inputs: Tensor) -> NetOutput:
         return self.net(inputs)
-
-    def answer_logits(self, output: NetOutput, n_targets: int) -> Tensor:
-        """(N, classes): the logits of the answer position."""
-        return aligned_logits(output, n_targets)[:, self.spec.answer_position]
-
-    def task_loss(self, output: NetOutput, batch: Batch) -> tuple[Tensor, Tensor]:
-        """(masked mean cross-entropy, answer logits (N, classes))."""
-        return task_loss(output, batch, self.spec.answer_position)
-
-    def answers(self, batch: Batch) -> Tensor:
-        return batch.targets[:, self.spec.answer_position]
 
     def on_fit_start(self) -> None:
         for regularizer in self.regularizers.values():
@@ -104,12 +64,12 @@ class GrokkingModule(pl.LightningModule):
     def step_result(self, batch: Batch) -> StepResult:
         """Forward, task loss and regulariser terms of one training step."""
         output = self.net(batch.inputs)
-        task_loss, answer_logits = self.task_loss(output, batch)
+        loss, logits = task_loss(output, batch)
         terms = {name: reg(output) for name, reg in self.regularizers.items()}
-        total = task_loss
+        total = loss
         for name, reg in self.regularizers.items():
             total = total + reg.weight * terms[name]
-        return StepResult(output, task_loss, answer_logits, terms, total)
+        return StepResult(output, loss, logits, terms, total)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         if self.cuda_graph:
@@ -121,8 +81,9 @@ class GrokkingModule(pl.LightningModule):
         return None if self.cuda_graph else result.total
 
     def log_train_metrics(self, result: StepResult, batch: Batch) -> None:
-        accuracy = self.train_acc(result.answer_logits, self.answers(batch))
-        metrics = {"train/loss": result.task_loss, "train/acc": accuracy}
+        metrics = {"train/loss": result.task_loss}
+        metrics |= {f"train/{name}": value for name, value in batch_accuracy(result.logits, batch).items()
+                    if name in self.spec.metrics}
         if self.regularizers:
             metrics |= {"train/task_loss": result.task_loss, "train/total_loss": result.total}
             metrics |= {f"train/reg/{name}": term for name, term in result.terms.items()}
@@ -181,17 +142,27 @@ class GrokkingModule(pl.LightningModule):
         else:
             super().__setattr__(name, value)
 
+    def answer_logits(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(teacher-forced loss, logits aligned with the targets from which answers are read: the same forward's,
+        or, for tasks decoded greedily, each answer token's from a forward on the net's own earlier answers)."""
+        loss, logits = task_loss(self.net(batch.inputs), batch)
+        if self.spec.decoding == "greedy":
+            logits = greedy_logits(self.net, batch)
+        return loss, logits
+
     def _eval_step(self, stage: str, batch: Batch) -> None:
-        output = self.net(batch.inputs)
-        loss, answer_logits = self.task_loss(output, batch)
+        self.eval_metrics[stage].update(*self.answer_logits(batch), batch)
+
+    def _log_eval(self, stage: str) -> None:
         metrics = self.eval_metrics[stage]
-        answers = self.answers(batch)
-        metrics["loss"].update(loss, weight=batch.loss_mask.sum())
-        metrics["acc"].update(answer_logits, answers)
-        for i, group in enumerate(self.spec.group_names if self.per_group else ()):
-            keep = batch.group == i
-            metrics[f"acc/{group}"].update(answer_logits[keep], answers[keep])
-        self.log_dict({f"{stage}/{name}": metric for name, metric in metrics.items()}, on_step=False, on_epoch=True)
+        self.log_dict({f"{stage}/{name}": value for name, value in metrics.compute().items()})
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -208,22 +179,25 @@ class GrokkingModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @torch.no_grad()
-    def evaluate(self, batch: Batch) -> dict[str, float]:
-        """Loss and answer accuracy of the current weights on one whole split (for final numbers), on whichever
+    def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
+        """The task's metrics of the current weights over `batches` (a whole split: final numbers), on whichever
         device the module is (Lightning moves it back to the CPU when `fit` ends; the data may stay on a GPU)."""
         device = next(self.net.parameters()).device
-        batch = Batch(*(t.to(device) for t in batch))
+        metrics = AnswerMetrics(self.spec).to(device)
         was_training = self.training
         self.eval()
-        loss, answer_logits = self.task_loss(self.net(batch.inputs), batch)
-        self.train(was_training)
-        acc = (answer_logits.argmax(-1) == self.answers(batch)).float().mean()
-        return {"loss": loss.item(), "acc": acc.item()}
+        try:
+            for batch in batches:
+                batch = Batch(*(t.to(device) for t in batch))
+                metrics.update(*self.answer_logits(batch), batch)
+        finally:
+            self.train(was_training)
+        return {name: value.item() for name, value in metrics.compute().items()}
 
 
 @torch.no_grad()
 def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, str]) -> dict[str, Tensor]:
-    """Gate values and routing statistics of the training batch, under the DESIGN.md metric names;
+    """Gate values and routing statistics of the training batch, under the metric names of docs/architecture.md;
     on multi-op data also head usage per operation (`routing/usage/layer_<i>/<op>/head_<j>`)."""
     metrics: dict[str, Tensor] = {}
     if output.gates is not None:

@@ -1,4 +1,4 @@
-"""Initial weights as a shared, checkable thing: paired runs start from bit-identical nets (seed 003).
+"""Initial weights as a shared, checkable thing: paired runs start from bit-identical nets (the conditions-for-grokking study).
 
 Every run saves its net's initial weights as `init.pt` in its run folder and records a fingerprint of them in
 `summary.json`; `init_from=<run folder or .pt file>` starts another run from those weights, so the arms of a

@@ -1,0 +1,1 @@
+"""From command line to objects: composing the config, typo messages, run folders, settings checks, building."""

@@ -1,0 +1,51 @@
+"""How a run ended, in the words summary.json and `resume` use: completed, stopped_after_grokking, diverged,
+interrupted (with the signal) or failed (with the error); and what a diverged run keeps."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from runtime.errors import NonFiniteLossError
+from runtime.run.signals import stop_request
+from runtime.run.summary import grok_summary
+
+
+def fit_status(trainer: pl.Trainer, grok) -> dict[str, Any]:
+    """After `fit` returned: completed, or stopped early because the run grokked."""
+    early = grok is not None and trainer.should_stop and trainer.global_step < trainer.max_steps
+    return {"status": "stopped_after_grokking" if early else "completed", "steps": trainer.global_step}
+
+
+def ended_by(err: BaseException, trainer: pl.Trainer | None, grok) -> dict[str, Any]:
+    """The status of a run that `err` ended: interrupted by a signal (with how far it got) or failed."""
+    stopped = stop_request.signum or (signal.SIGINT if isinstance(err, KeyboardInterrupt) else None)
+    if stopped is None and not isinstance(err, SIGTERMException):
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    part: dict[str, Any] = {"status": "interrupted", "signal": signal.Signals(stopped or signal.SIGTERM).name}
+    if trainer is not None:
+        part |= {"steps": trainer.global_step} | grok_summary(grok)
+    return part
+
+
+def diverged(module: pl.LightningModule, out: Path, err: NonFiniteLossError,
+             say: Callable[[str], None]) -> dict[str, Any]:
+    """After a non-finite loss the net holds the weights after the last good step: save them when finite."""
+    part: dict[str, Any] = {"status": "diverged", "error": str(err), "steps": err.step}
+    finite = all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point())
+    last = out / "checkpoints" / "last.ckpt"
+    if finite:
+        path = out / "checkpoints" / "last_finite.pt"
+        path.parent.mkdir(exist_ok=True)
+        torch.save(module.net.state_dict(), path)  # the net's weights, as init.pt: usable as init_from
+        say(f"{path.relative_to(out)} holds the weights after step {err.step}, the last finite ones"
+            + ("; checkpoints/last.ckpt is the last state to resume from" if last.is_file() else ""))
+        return part | {"last_finite_weights": str(path.relative_to(out))}
+    say("the weights are not finite; "
+        + ("checkpoints/last.ckpt holds the last checkpointed ones" if last.is_file() else
+           "no checkpoint was written before; init.pt holds the initial weights"))
+    return part | {"last_finite_weights": str(last.relative_to(out)) if last.is_file() else None}
