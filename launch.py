@@ -28,7 +28,7 @@ from runtime.run.final_eval import final_metrics
 from runtime.run.resume import starting_point
 from runtime.run.signals import stop_request
 from runtime.run.status import diverged, ended_by, fit_status
-from runtime.run.summary import close_summary, grok_summary
+from runtime.run.summary import callback_parts, close_summary, grok_summary
 
 
 def overrides() -> list[str]:
@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     parts: RunParts | None = None
     stop_request.install()
     try:
-        parts = assemble(cfg, out, ckpt_path)
+        parts = assemble(cfg, out, ckpt_path, say)
         summary |= parts.facts | {"status": "running"}
         try:
             parts.trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
@@ -64,8 +64,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 parts.trainer.test(parts.module, datamodule=parts.datamodule, verbose=False)
         except NonFiniteLossError as err:  # the weights are those after the last good step
             summary |= diverged(parts.module, out, err, say)
-        summary["final"] = final_metrics(parts.trainer, parts.module, parts.datamodule)
-        summary |= grok_summary(parts.grok)
+        summary |= final_metrics(parts.trainer, parts.module, parts.datamodule, cfg.get("final_weights", "last"))
+        summary |= grok_summary(parts.grok) | callback_parts(parts.trainer.callbacks)
     except BaseException as err:  # keep what was written; record why the run ended
         if summary["status"] in ("failed", "running"):
             summary |= ended_by(err, parts.trainer if parts else None, parts.grok if parts else None)

@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[1])
     parser.add_argument("path", type=Path, help="a run folder, a multirun folder, or a folder holding them")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <path>/analysis)")
-    parser.add_argument("--grok-key", default=DEFAULT_GROK_KEY, help=f"grok/* step to plot (default {DEFAULT_GROK_KEY})")
+    parser.add_argument("--grok-key", default=DEFAULT_GROK_KEY, help=f"grok/* step to plot (default {DEFAULT_GROK_KEY}, or the runs' "
+                        "own val threshold of 0.99)")
     parser.add_argument("--metric", default="val/acc", help="metric whose curves are overlaid (default val/acc)")
     return parser.parse_args(argv)
 
@@ -47,6 +48,9 @@ def analyse(args: argparse.Namespace) -> int:
         jobs = find_jobs(args.path)
         table = sweep_table(jobs, args.path)
         grok_keys = [c for c in table.columns if c.startswith("grok/")]
+        if args.grok_key == DEFAULT_GROK_KEY and DEFAULT_GROK_KEY not in grok_keys:  # runs judged by another metric
+            args.grok_key = next((k for k in grok_keys if k.startswith("grok/val_") and k.endswith("_0.99_step")),
+                                 args.grok_key)
         require(not grok_keys or args.grok_key in grok_keys, "--grok-key", args.grok_key, ", ".join(grok_keys))
         out = args.out if args.out is not None else args.path / "analysis"
         written = write_table(table, out)

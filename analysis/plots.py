@@ -1,7 +1,9 @@
 """Sweep figures (matplotlib's object API, no pyplot state): grokking step against each swept value, the
-accuracy / effective-depth phase diagram with its Pareto frontier, and curves with their spread across seeds."""
+accuracy / effective-depth phase diagram with its Pareto frontier, curves with their spread across seeds, and for
+a swept choice (an experiment, an FFN type) its final numbers side by side, one dot per seed."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +43,50 @@ def numeric_swept_keys(table: pd.DataFrame) -> list[str]:
                 and column.nunique() > 1:
             keys.append(key)
     return keys
+
+
+def categorical_swept_keys(table: pd.DataFrame) -> list[str]:
+    """Swept keys that name choices (text, more than one value): compared side by side, not on an axis."""
+    return [key for key in table.attrs.get("swept", [])
+            if key != SEED and not pd.api.types.is_numeric_dtype(table[key]) and table[key].nunique() > 1]
+
+
+# what a comparison of choices shows, in this order, when the runs have it (a name ending in `*` is a prefix)
+COMPARED = ("val/exact_match", "val/acc", "circuits/ablation/ffn_*", "circuits/ablation/attention_*",
+            "circuits/dla/attention_share", "circuits/dla/ffn_share", "circuits/moe/mi_expert_operation/*")
+MAX_PANELS = 6
+
+
+def compared_metrics(table: pd.DataFrame) -> list[str]:
+    chosen = []
+    for wanted in COMPARED:
+        names = [c for c in table.columns if c == wanted or (wanted.endswith("*") and c.startswith(wanted[:-1]))]
+        chosen += [c for c in names if pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()]
+    if "val/exact_match" in chosen and "val/acc" in chosen:
+        chosen.remove("val/acc")
+    return chosen[:MAX_PANELS]
+
+
+def choice_figure(table: pd.DataFrame, key: str) -> Figure | None:
+    """One panel per compared metric: each choice of `key` on the x axis, a dot per run (seed), a bar at the mean."""
+    metrics = compared_metrics(table)
+    if not metrics:
+        return None
+    choices = sorted(table[key].dropna().astype(str).unique())
+    shared = os.path.commonprefix(choices) if len(choices) > 1 else ""  # moe_expressivity_glu, ... -> glu, ...
+    labels = [choice[len(shared):] or choice for choice in choices]
+    figure = new_figure(3.0 * len(metrics) + 0.6, 3.4)
+    for axes, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
+        for x, choice in enumerate(choices):
+            values = table.loc[table[key].astype(str) == choice, metric].dropna().astype(float).to_numpy()
+            if len(values):
+                axes.bar(x, values.mean(), width=0.6, color=f"C{x % 10}", alpha=0.35)
+                axes.scatter(np.full(len(values), x) + np.linspace(-0.15, 0.15, len(values)), values,
+                             color=f"C{x % 10}", s=18, zorder=3)
+        axes.set_xticks(range(len(choices)), labels, rotation=30, fontsize=7)
+        axes.set_title(metric.removeprefix("circuits/"), fontsize=8)
+    figure.suptitle(f"final numbers by {key} (dots: runs, bars: mean)", fontsize=9)
+    return figure
 
 
 def grok_step_figure(table: pd.DataFrame, key: str, grok_key: str = DEFAULT_GROK_KEY) -> Figure:
@@ -152,6 +198,10 @@ def write_plots(table: pd.DataFrame, curves: pd.DataFrame, out_dir: Path, grok_k
     phase = phase_diagram(table)
     if phase is not None:
         written.append(save(phase, out_dir / "phase_diagram.png"))
+    for key in categorical_swept_keys(table):
+        choice = choice_figure(table, key)
+        if choice is not None:
+            written.append(save(choice, out_dir / file_name(f"compare_by_{key}")))
     curve = curves_figure(curves, table, metric)
     if curve is not None:
         written.append(save(curve, out_dir / file_name(f"curves_{metric}")))

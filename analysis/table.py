@@ -1,11 +1,14 @@
 """The sweep table: one row per run folder or planned job, never dropping one, as CSV and Markdown.
 
 Columns: run (folder relative to the analysed path), job, the swept values (override keys whose value differs
-between jobs; seed has its own column), seed, status, steps, final train/val(/test) accuracy, the grok/* steps,
+between jobs; seed has its own column), seed, status, steps, final train/val(/test) accuracy (and exact match for
+multi-token answers), the grok/* steps,
 grokked, the run's dynamics (analysis/dynamics.py: grokking, instant generalisation, memorisation, ...), for sequence
 tasks its loss phase against the task's loss bounds (memorising / generalising / at_bound), the last
-logged gates/effective_depth (gated nets), wall_time_s, the init fingerprint (paired runs share it), and error when
-a run recorded one.
+logged gates/effective_depth (gated nets), the `circuits/*` numbers of the final weights that compare runs
+(ablation accuracies, logit attribution shares, expert-operation mutual information: callbacks/digit_circuits.py),
+wall_time_s, the init fingerprint (paired runs share
+it), and error when a run recorded one.
 The swept keys are kept in `table.attrs["swept"]`.
 """
 from __future__ import annotations
@@ -20,8 +23,11 @@ from analysis.dynamics import classify_dynamics
 from analysis.sweep import Job, find_jobs, relative_name
 from datamodules.loss_bounds import classify_phase, loss_bounds
 
-FINAL_METRICS = ("train/acc", "val/acc", "test/acc")
+FINAL_METRICS = ("train/acc", "val/acc", "test/acc", "train/exact_match", "val/exact_match", "test/exact_match")
 DEPTH = "gates/effective_depth"
+# the circuits numbers a table row carries (the rest, per head and per expert, stay in summary.json and the plots)
+CIRCUIT_COLUMNS = ("circuits/ablation/", "circuits/dla/attention_share", "circuits/dla/ffn_share",
+                   "circuits/dla/embedding_share", "circuits/moe/mi_expert_operation/")
 SEED = "seed"
 
 
@@ -66,10 +72,16 @@ def _row(job: Job, root: Path, swept: Sequence[str]) -> dict[str, Any]:
     row["dynamics"] = dynamics(run) if run and job.status not in ("failed", "missing") else None
     row["loss_phase"] = summary.get("loss_phase") or (
         loss_phase(run.config.get("data", {}), summary.get("final", {})) if run else None)
+    row |= {key: _number(value) for name, value in summary.get("circuits", {}).items()
+            if (key := circuit_key(name)).startswith(CIRCUIT_COLUMNS)}
     row["init_fingerprint"] = summary.get("init_fingerprint")
     row["wall_time_s"] = summary.get("wall_time_s")
     row["error"] = summary.get("error")
     return row
+
+
+def circuit_key(name: str) -> str:
+    return name if name.startswith("circuits/") else f"circuits/{name}"
 
 
 def curve(run, metric: str) -> list[tuple[int, float]]:
@@ -127,9 +139,11 @@ def sweep_table(jobs: Sequence[Job], root: Path) -> pd.DataFrame:
     rows = [_row(job, root, swept) for job in jobs]
     order = ["run", "job", *swept, SEED, "status", "steps", *FINAL_METRICS]
     order += list(dict.fromkeys(k for r in rows for k in r if k.startswith("grok/")))
-    order += ["grokked", "dynamics", "loss_phase", DEPTH, "wall_time_s", "init_fingerprint", "error"]
+    order += ["grokked", "dynamics", "loss_phase", DEPTH]
+    order += list(dict.fromkeys(k for r in rows for k in r if k.startswith("circuits/")))
+    order += ["wall_time_s", "init_fingerprint", "error"]
     columns = {name: pd.Series([row.get(name) for row in rows], dtype=object, name=name) for name in order}
-    optional = ["test/acc", DEPTH, "error", "dynamics", "loss_phase", "init_fingerprint"]  # only when some run has them
+    optional = [*FINAL_METRICS[2:], DEPTH, "error", "dynamics", "loss_phase", "init_fingerprint"]  # when some run has them
     table = pd.DataFrame({name: _typed(values) for name, values in columns.items()
                           if name not in optional or values.notna().any()})
     table.attrs["swept"] = swept

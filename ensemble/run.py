@@ -64,6 +64,9 @@ def run_ensemble(members: Sequence[Member], callbacks: Sequence[Callback] = ()) 
         for member in members:
             pl.seed_everything(member.cfg.seed, workers=False, verbose=False)
             net = build_net(member.cfg.model, datamodule.spec)
+            if any(getattr(part, "data_dependent_shapes", False) for part in net.modules()):
+                raise ConfigError("hydra/launcher", "ensemble", "basic or local_parallel for a net whose parts route "
+                                  "tokens by the data (a mixture of experts cannot run under torch.func.vmap)")
             member.summary["init_fingerprint"] = prepare_init(net, member.out, member.cfg.get("init_from"),
                                                               member.cfg.get("init_scale", 1.0))
             nets.append(net)

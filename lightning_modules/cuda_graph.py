@@ -114,6 +114,10 @@ def check_graphable(trainer) -> None:
     require(trainer.strategy.root_device.type == "cuda", key, True, "false unless training on a CUDA device")
     require(trainer.world_size == 1, key, True, "false with more than one device")
     require(str(trainer.precision) in ("32-true", "32"), key, True, f"false with precision={trainer.precision}")
+    net = getattr(getattr(trainer, "lightning_module", None), "net", None)
+    require(net is None or not any(getattr(part, "data_dependent_shapes", False) for part in net.modules()),
+            key, True, "false for a net whose parts route tokens by the data (a mixture of experts: its shapes change "
+                       "every step)")
     data = trainer.datamodule
     require("train" in getattr(data, "splits", {}), key, True,
             f"false for {type(data).__name__}, which holds no training split in memory (a captured step replays "

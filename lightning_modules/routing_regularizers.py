@@ -55,15 +55,32 @@ def load_balance(w: Tensor) -> Tensor:
     return n * (fraction * flat.mean(0)).sum()
 
 
+def aux_place(key: str, name: str = "routing") -> str:
+    """Where the aux tensor `key`, called `name`, comes from: `layer_1/ffn` for `layer_1/ffn/routing`."""
+    return key.removesuffix(name).removesuffix("/")
+
+
 def router_place(key: str) -> str:
     """Where the router of the aux tensor `key` sits: `layer_1/ffn` for `layer_1/ffn/routing`."""
-    return key.removesuffix("routing").removesuffix("/")
+    return aux_place(key, "routing")
 
 
 def selects(where: str, place: str) -> bool:
     """`where` (a glob) matches `place` or a place containing it (`layer_1` contains `layer_1/ffn`)."""
     parts = place.split("/")
     return any(fnmatchcase("/".join(parts[:n]), where) for n in range(1, len(parts) + 1))
+
+
+def check_where(where: str | None) -> None:
+    require(where is None or (isinstance(where, str) and where.strip("/") != ""), "where", where,
+            "null (every router) or a glob on where routers sit, e.g. layer_1/ffn")
+
+
+def select(output: NetOutput, name: str, where: str | None) -> dict[str, Tensor]:
+    """The aux tensors called `name` (`routing`, `router_logits`, ...) at the places `where` selects (null: every
+    one), keyed by place (`layer_1/ffn`), in layer order: the selection every router regulariser makes."""
+    found = {aux_place(key, name): t for key, t in output.named(name).items()}
+    return found if where is None else {place: t for place, t in found.items() if selects(where, place)}
 
 
 class RoutingRegularizer(Regularizer):
@@ -75,16 +92,12 @@ class RoutingRegularizer(Regularizer):
     def __init__(self, kind: str, weight: float, where: str | None = None):
         super().__init__(weight)
         require(kind in self.TERMS, "kind", kind, ", ".join(self.TERMS))
-        require(where is None or (isinstance(where, str) and where.strip("/") != ""), "where", where,
-                "null (every router) or a glob on where routers sit, e.g. layer_1/ffn")
+        check_where(where)
         self.kind, self.fn, self.where = kind, self.TERMS[kind], where
 
     def routers(self, output: NetOutput) -> list[Tensor]:
         """The routing weights this regulariser reads, in layer order."""
-        weights = output.named("routing")
-        if self.where is None:
-            return list(weights.values())
-        return [w for key, w in weights.items() if selects(self.where, router_place(key))]
+        return list(select(output, "routing", self.where).values())
 
     def term(self, output: NetOutput) -> Tensor:
         if not output.routing:

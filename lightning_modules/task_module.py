@@ -198,7 +198,9 @@ class TaskModule(pl.LightningModule):
 @torch.no_grad()
 def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, str]) -> dict[str, Tensor]:
     """Gate values and routing statistics of the training batch, under the metric names of docs/architecture.md;
-    on multi-op data also head usage per operation (`routing/usage/layer_<i>/<op>/head_<j>`)."""
+    on multi-op data also head usage per operation (`routing/usage/layer_<i>/<op>/head_<j>`); for mixtures of
+    experts the share of token assignments dropped over capacity (`moe/dropped/<where>`) and the experts' usage
+    (`routing/usage/...`: their router probabilities)."""
     metrics: dict[str, Tensor] = {}
     if output.gates is not None:
         g = output.gates.reshape(-1, output.gates.shape[-1]).mean(0)  # (n_layers,)
@@ -214,4 +216,5 @@ def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, s
         for index, name in group_names.items():
             usage = per_example[group == index].mean(0)
             metrics |= {f"routing/usage/layer_{i}/{name}/head_{j}": u for j, u in enumerate(usage)}
+    metrics |= {f"moe/dropped/{key.removesuffix('/dropped')}": value for key, value in output.named("dropped").items()}
     return metrics

@@ -13,16 +13,19 @@ from torch import Tensor, nn
 
 from nets.settings import require
 
-NORMS = ("layernorm", "none")
+NORMS = ("layernorm", "rmsnorm", "none")
 
 
 def make_norm(kind: str, d_model: int) -> nn.Module:
+    """LayerNorm, RMSNorm (scale only: no centring, no bias) or none; none of them draws random numbers."""
     require(kind in NORMS, "norm", kind, ", ".join(NORMS))
-    return nn.LayerNorm(d_model) if kind == "layernorm" else nn.Identity()
+    if kind == "layernorm":
+        return nn.LayerNorm(d_model)
+    return nn.RMSNorm(d_model) if kind == "rmsnorm" else nn.Identity()
 
 
 class Block(nn.Module):
-    """Pre-norm residual block of a `mixer` and an `ffn` (built modules), with `norm` (layernorm | none).
+    """Pre-norm residual block of a `mixer` and an `ffn` (built modules), with `norm` (layernorm | rmsnorm | none).
 
     The mixer sits in the attribute `attn` (`block.mixer` reads it too), next to `ln_attn`, `ln_ffn` and `ffn`:
     the parameter names of the transformer before it had parts, so that checkpoints, init files and init

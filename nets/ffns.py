@@ -7,8 +7,8 @@ weight decay with `no_weight_decay()` (names relative to itself). `d_hidden` nul
 
 - `MLPFFN`: down(act(up(x))), the classic transformer FFN.
 - `GLUFFN`: down(act(gate(x)) * up(x)), a gated linear unit (Shazeer 2020, "GLU Variants Improve Transformer":
-  gelu gives GEGLU, silu SwiGLU, relu ReGLU). At the same d_hidden it has 1.5x the MLP's weights; 8/3 * d_model
-  matches the MLP's count.
+  gelu gives GEGLU, silu SwiGLU, relu ReGLU). At the same d_hidden it has 1.5x the MLP's weights; `match="dense"`
+  reads d_hidden as the dense MLP's width and takes the width that matches its parameter count (nets/matching.py).
 - `RoutedFFN`: N parallel MLP heads mixed per token by a softmax gate on the token's residual stream,
   w = softmax(W_gate x) (..., N), out = sum_i w_i FFN_i(x). The gate (weight and bias) is declared
   no-weight-decay: decay pulls it to zero, the softmax to uniform, and no head can specialise (the routed-
@@ -20,6 +20,7 @@ from einops import einsum
 from torch import Tensor, nn
 
 from nets.activations import make_activation
+from nets.matching import ffn_parameter_count, matched_hidden
 from nets.parallel_heads import ParallelMLPHeads
 from nets.settings import require
 
@@ -43,9 +44,21 @@ class MLPFFN(nn.Module):
 
 
 class GLUFFN(nn.Module):
-    def __init__(self, d_model: int, d_hidden: int | None = None, activation: str = "gelu", bias: bool = True):
+    """`match`: null uses d_hidden as given; `dense` takes d_hidden as the dense MLP FFN's width to match."""
+
+    MATCHES = (None, "dense")
+
+    def __init__(self, d_model: int, d_hidden: int | None = None, activation: str = "gelu", bias: bool = True,
+                 match: str | None = None):
         super().__init__()
+        require(match in self.MATCHES, "match", match, "null (d_hidden as given) or dense (d_hidden is the dense "
+                "MLP's width, matched in parameters)")
         d_hidden = hidden_width(d_model, d_hidden)
+        # what it was matched to, for the parameter report at start: (description, that dense FFN's parameters)
+        self.matched_to = None if match is None else (f"the dense MLP of hidden {d_hidden}",
+                                                      ffn_parameter_count("mlp", d_model, d_hidden, bias))
+        if match == "dense":
+            d_hidden = matched_hidden("glu", d_model, d_hidden, bias)
         self.gate = nn.Linear(d_model, d_hidden, bias=bias)
         self.up = nn.Linear(d_model, d_hidden, bias=bias)
         self.act = make_activation(activation)

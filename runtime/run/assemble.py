@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +16,7 @@ from runtime.errors import require
 from runtime.logs.csv_logger import RunCSVLogger
 from runtime.logs.loggers import wandb_identity
 from runtime.run.init_weights import prepare_init
+from runtime.run.parameters import count, parameter_lines
 from runtime.run.resume import check_same_model, read_checkpoint
 
 
@@ -29,8 +30,9 @@ class RunParts:
     facts: dict[str, Any] = field(default_factory=dict)  # for summary.json: init fingerprint, device, W&B run
 
 
-def assemble(cfg: DictConfig, out: Path, ckpt_path: str | None) -> RunParts:
-    """Build everything a run needs, checking settings first and a checkpoint to resume from against the model."""
+def assemble(cfg: DictConfig, out: Path, ckpt_path: str | None, say: Callable[[str], None]) -> RunParts:
+    """Build everything a run needs, checking settings first and a checkpoint to resume from against the model;
+    `say` prints the net's size."""
     check_run_settings(cfg)
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
     start_step = checkpoint["global_step"] if checkpoint else 0
@@ -43,7 +45,9 @@ def assemble(cfg: DictConfig, out: Path, ckpt_path: str | None) -> RunParts:
             "max or min")
     pl.seed_everything(cfg.seed, workers=False, verbose=False)  # the model-init seed, apart from the split's
     net = build_net(cfg.model, datamodule.spec)
-    facts: dict[str, Any] = {}
+    facts: dict[str, Any] = {"parameters": count(net)}
+    for line in parameter_lines(net):
+        say(line)
     if checkpoint is None:  # a resumed run takes its weights from the checkpoint
         facts["init_fingerprint"] = prepare_init(net, out, cfg.get("init_from"), cfg.get("init_scale", 1.0))
     elif "init_fingerprint" in checkpoint:

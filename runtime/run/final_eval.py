@@ -1,17 +1,43 @@
-"""The final numbers of a run: the task's metrics of the last weights on every split that has data."""
+"""The final numbers of a run: the task's metrics on every split that has data, of the last weights or of the best
+checkpoint's (`final_weights: best`, for runs that early stopping ends after their best point)."""
 from __future__ import annotations
 
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from runtime.errors import require
 from runtime.run.summary import finite_or_null
 
+FINAL_WEIGHTS = ("last", "best")
 
-def final_metrics(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any) -> dict[str, float | None]:
-    """`<split>/<metric>` over each split's fixed evaluation batches (`Task.eval_batches`), on the training device
-    (Lightning moves the module back to the CPU when `fit` ends, while the data may stay on the GPU)."""
+
+def best_net_state(trainer: pl.Trainer) -> tuple[dict[str, torch.Tensor], int] | None:
+    """(the net's state_dict, its step) from the best checkpoint by the monitored metric; None before one exists."""
+    best = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor and c.best_model_path),
+                None)
+    if best is None:
+        return None
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    return state, int(checkpoint["global_step"])
+
+
+def final_metrics(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any,
+                  weights: str = "last") -> dict[str, Any]:
+    """{"final": `<split>/<metric>` over each split's fixed evaluation batches (`Task.eval_batches`), and with
+    `best` which weights they are}, measured on the training device (Lightning moves the module back to the CPU
+    when `fit` ends, while the data may stay on the GPU). Loading the best weights happens after every checkpoint
+    of the run was written, so `last.ckpt` still resumes where training stopped."""
+    require(weights in FINAL_WEIGHTS, "final_weights", weights, " | ".join(FINAL_WEIGHTS))
+    part: dict[str, Any] = {}
+    if weights == "best" and (best := best_net_state(trainer)) is not None:
+        module.net.load_state_dict(best[0])
+        part["final_weights"] = {"from": "checkpoints/best.ckpt", "step": best[1]}
     module.to(trainer.strategy.root_device)
-    return finite_or_null({f"{split}/{name}": value
-                           for split in datamodule.split_names()
-                           for name, value in module.evaluate(datamodule.eval_batches(split)).items()})
+    part["final"] = finite_or_null({f"{split}/{name}": value
+                                    for split in datamodule.split_names()
+                                    for name, value in module.evaluate(datamodule.eval_batches(split)).items()})
+    return part

@@ -16,7 +16,7 @@ from runtime.errors import ConfigError, require
 from runtime.run.summary import read_summary
 
 # statuses `resume=true` skips: the run is over, and training it again would end the same way
-FINISHED = ("completed", "stopped_after_grokking", "diverged")
+FINISHED = ("completed", "stopped_after_grokking", "stopped_early", "diverged")
 LAST = Path("checkpoints") / "last.ckpt"
 EARLIER_FILES = ("metrics.csv", "summary.json", "hparams.yaml", "init.pt", "checkpoints", "plots")
 

@@ -1,5 +1,6 @@
-"""How a run ended, in the words summary.json and `resume` use: completed, stopped_after_grokking, diverged,
-interrupted (with the signal) or failed (with the error); and what a diverged run keeps."""
+"""How a run ended, in the words summary.json and `resume` use: completed, stopped_after_grokking, stopped_early
+(an EarlyStopping callback ran out of patience), diverged, interrupted (with the signal) or failed (with the
+error); and what a diverged run keeps."""
 from __future__ import annotations
 
 import signal
@@ -16,9 +17,14 @@ from runtime.run.summary import grok_summary
 
 
 def fit_status(trainer: pl.Trainer, grok) -> dict[str, Any]:
-    """After `fit` returned: completed, or stopped early because the run grokked."""
-    early = grok is not None and trainer.should_stop and trainer.global_step < trainer.max_steps
-    return {"status": "stopped_after_grokking" if early else "completed", "steps": trainer.global_step}
+    """After `fit` returned: completed, stopped early by an EarlyStopping callback, or because the run grokked."""
+    status = "completed"
+    if trainer.should_stop and trainer.global_step < trainer.max_steps:
+        if any(cb.wait_count >= cb.patience for cb in trainer.early_stopping_callbacks):
+            status = "stopped_early"
+        elif grok is not None:
+            status = "stopped_after_grokking"
+    return {"status": status, "steps": trainer.global_step}
 
 
 def ended_by(err: BaseException, trainer: pl.Trainer | None, grok) -> dict[str, Any]:

@@ -59,6 +59,16 @@ def grok_summary(grok) -> dict[str, Any]:
     return part
 
 
+def callback_parts(callbacks: Iterable) -> dict[str, Any]:
+    """What callbacks add to summary.json: a callback with `summary_part()` (a dict, or None for nothing) adds it
+    under its `summary_key` (e.g. an analysis of the final weights under `interpretability`)."""
+    parts = {}
+    for callback in callbacks:
+        if callable(getattr(callback, "summary_part", None)) and (part := callback.summary_part()):
+            parts[callback.summary_key] = part
+    return parts
+
+
 def close_summary(out: Path, summary: dict[str, Any], loggers: Iterable, started: float, write: bool = True) -> float:
     """Stamp wall time and speed, write `summary.json`, hand the numbers to the loggers and end their runs.
     Returns the wall time in seconds."""

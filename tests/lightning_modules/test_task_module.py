@@ -58,3 +58,13 @@ def test_multi_op_routed_run_logs_head_usage_per_operation(run_config):
         usage = [float(row[f"routing/usage/layer_0/{op}/head_{j}"]) for j in range(4)]
         assert abs(sum(usage) - 1) < 1e-5  # mean routing weights of that operation's examples
     assert "val/acc/add" in row and "val/acc/mul" in row  # per-operation validation accuracy
+
+
+def test_dropped_assignments_of_a_mixture_of_experts_are_logged_by_layer():
+    from lightning_modules.task_module import structure_metrics
+
+    output = NetOutput(torch.zeros(2, 3), aux={"layer_0/ffn/dropped": torch.tensor(0.25),
+                                               "layer_0/ffn/routing": torch.full((2, 4), 0.25)})
+    metrics = structure_metrics(output, torch.zeros(2, dtype=torch.long), {})
+    assert metrics["moe/dropped/layer_0/ffn"] == 0.25
+    assert [metrics[f"routing/usage/layer_0/head_{j}"].item() for j in range(4)] == [0.25] * 4

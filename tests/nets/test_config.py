@@ -83,7 +83,7 @@ def test_the_routed_transformer_is_the_transformer_with_routed_ffns(tmp_path):
     (["experiment=transformer_grok_cpu", "model/ffn=glu", "model.ffn.d_hidden=0"],
      "model.ffn.d_hidden=0 is not allowed: expected a positive integer, or null for 4 * model.d_model"),
     (["experiment=transformer_grok_cpu", "model.norm=batch"], "model.norm='batch' is not allowed: expected "
-                                                              "layernorm, none"),
+                                                              "layernorm, rmsnorm, none"),
 ])
 def test_a_bad_setting_is_one_line_under_the_key_that_was_set(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as info:

@@ -33,6 +33,14 @@ def test_glu_by_hand():
     torch.testing.assert_close(out, torch.tensor([[7.5, -1.0]]))
 
 
+def test_a_glu_matched_to_the_dense_mlp_takes_its_own_width():
+    """match=dense reads d_hidden as the dense MLP's width (nets/matching.py; counts in tests/nets/test_matching.py)."""
+    assert GLUFFN(d_model=64, d_hidden=256, match="dense").up.out_features == 170  # (2*64 + 1) * 256 / (3*64 + 2)
+    assert GLUFFN(d_model=64, d_hidden=256, bias=False, match="dense").up.out_features == 171  # 2/3 * 256
+    assert GLUFFN(d_model=8, match="dense").gate.out_features == 21  # null: 4 * d_model = 32 matched
+    assert GLUFFN(d_model=64, d_hidden=256).up.out_features == 256
+
+
 def test_mlp_ffn_is_down_act_up():
     torch.manual_seed(0)
     ffn = MLPFFN(d_model=4, d_hidden=6, activation="relu")
@@ -55,6 +63,7 @@ def test_routed_ffn_weights_sum_to_one_and_its_gate_is_declared():
 @pytest.mark.parametrize("make, key", [(lambda: GLUFFN(8, activation="tanh"), "activation"),
                                        (lambda: MLPFFN(8, d_hidden=0), "d_hidden"),
                                        (lambda: RoutedFFN(8, n_heads=1), "n_heads"),
+                                       (lambda: GLUFFN(8, match="dense_total"), "match"),
                                        (lambda: SoftmaxAttention(8, n_heads=3), "n_heads"),
                                        (lambda: SoftmaxAttention(8, bias=None), "bias")])
 def test_parts_name_their_own_bad_settings(make, key):
@@ -85,6 +94,16 @@ def test_a_block_is_two_pre_norm_residuals_and_files_aux_under_its_slots():
     assert list(aux) == ["mixer/double", "ffn/double"]
     assert block.no_weight_decay() == {"attn.scale.weight", "ffn.scale.weight"}
     assert isinstance(Block(4, Doubler(), Doubler()).ln_attn, nn.LayerNorm)
+
+
+def test_rmsnorm_scales_by_the_root_mean_square_only():
+    block = Block(4, mixer=Doubler(), ffn=Doubler(), norm="rmsnorm")
+    assert isinstance(block.ln_attn, nn.RMSNorm) and isinstance(block.ln_ffn, nn.RMSNorm)
+    assert [name for name, _ in block.ln_ffn.named_parameters()] == ["weight"]  # a scale, no bias
+    x = torch.tensor([[3.0, -1.0, 1.0, 1.0]])  # mean square 3: x / sqrt(3)
+    torch.testing.assert_close(block.ln_attn(x), x / 3**0.5, atol=1e-5, rtol=1e-5)
+    with pytest.raises(InvalidSetting, match="layernorm, rmsnorm, none"):
+        Block(4, Doubler(), Doubler(), norm="batchnorm")
 
 
 def test_routing_and_attention_are_the_aux_entries_of_that_name_in_layer_order():
