@@ -10,6 +10,7 @@ from nets.block import Block
 from nets.ffns import GLUFFN, MLPFFN, RoutedFFN
 from nets.gated_delta import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from nets.gated_mlp import GatedMLP
+from nets.gdn_mixer import GatedDeltaNet
 from nets.mixers import SoftmaxAttention
 from nets.mlp import MLP
 from nets.moe import MoEFFN
@@ -18,5 +19,6 @@ from nets.routed_mlp import RoutedMLP
 from nets.settings import InvalidSetting
 from nets.transformer import Transformer
 
-__all__ = ["Block", "GLUFFN", "GatedMLP", "InvalidSetting", "MLP", "MLPFFN", "MoEFFN", "NetOutput", "RoutedFFN",
-           "RoutedMLP", "SoftmaxAttention", "Transformer", "chunk_gated_delta_rule", "recurrent_gated_delta_rule"]
+__all__ = ["Block", "GLUFFN", "GatedDeltaNet", "GatedMLP", "InvalidSetting", "MLP", "MLPFFN", "MoEFFN", "NetOutput",
+           "RoutedFFN", "RoutedMLP", "SoftmaxAttention", "Transformer", "chunk_gated_delta_rule",
+           "recurrent_gated_delta_rule"]
