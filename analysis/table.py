@@ -72,16 +72,12 @@ def _row(job: Job, root: Path, swept: Sequence[str]) -> dict[str, Any]:
     row["dynamics"] = dynamics(run) if run and job.status not in ("failed", "missing") else None
     row["loss_phase"] = summary.get("loss_phase") or (
         loss_phase(run.config.get("data", {}), summary.get("final", {})) if run else None)
-    row |= {key: _number(value) for name, value in summary.get("circuits", {}).items()
-            if (key := circuit_key(name)).startswith(CIRCUIT_COLUMNS)}
+    row |= {name: _number(value) for name, value in summary.get("circuits", {}).items()
+            if name.startswith(CIRCUIT_COLUMNS)}
     row["init_fingerprint"] = summary.get("init_fingerprint")
     row["wall_time_s"] = summary.get("wall_time_s")
     row["error"] = summary.get("error")
     return row
-
-
-def circuit_key(name: str) -> str:
-    return name if name.startswith("circuits/") else f"circuits/{name}"
 
 
 def curve(run, metric: str) -> list[tuple[int, float]]:

@@ -19,7 +19,9 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from datamodules.batch import Batch
+from datamodules.batch import Batch, answer_columns
+from lightning_modules.answers import aligned_logits, answer_correct, exact_answers
+from nets.output import NetOutput
 
 ABLATION_MODES = ("mean", "zero")
 LINEARISED_NORMS = (nn.Identity, nn.LayerNorm, nn.RMSNorm)
@@ -153,14 +155,14 @@ def ablations(net: nn.Module, traced: Trace, mode: str) -> list[Ablation]:
 
 def answer_queries(batch: Batch, seq_len: int) -> Tensor:
     """Input positions whose next-token prediction is an answer token (the same in every row of a digit task)."""
-    return torch.nonzero(batch.answer_mask[0]).squeeze(1) + (seq_len - batch.answer_mask.shape[1])
+    return answer_columns(batch.answer_mask) + (seq_len - batch.answer_mask.shape[1])
 
 
 def exact_match(logits: Tensor, batch: Batch) -> float:
     """Teacher-forced: the share of examples whose argmax is right at every answer position."""
-    answer = batch.answer_mask.to(logits.device)
-    right = (logits[:, -answer.shape[1]:].argmax(-1) == batch.targets.to(logits.device)) | ~answer
-    return right.all(1).double().mean().item()
+    batch = Batch(*(t.to(logits.device) for t in batch))
+    correct, mask = answer_correct(aligned_logits(NetOutput(logits), batch.targets.shape[1]), batch)
+    return exact_answers(correct, mask).double().mean().item()
 
 
 def attention_entropy(attention: Tensor, queries: Tensor) -> Tensor:

@@ -27,6 +27,12 @@ class Batch(NamedTuple):
     group: Tensor
 
 
+def answer_columns(answer_mask: Tensor) -> Tensor:
+    """(k,) the target positions of the answer, for tasks whose answers sit in the same columns in every row (every
+    task so far: one answer position, or a digit task's n + 1)."""
+    return answer_mask[0].nonzero().flatten()
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What a task declares: the sizes a net is built with (filled in by the launcher), which answer metrics it

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from datamodules.batch import Batch, TaskSpec
 from ensemble.optimizer import StackedAdamW
 from ensemble.stacked import StackedNets
-from lightning_modules.answers import answer_sums, batch_accuracy, metrics_from_sums, task_loss
+from lightning_modules.answers import answer_sums, batch_accuracy, metric_layout, metrics_from_sums, task_loss
 from lightning_modules.cadence import is_log_step
 from lightning_modules.optimization import AdamWRecipe
 from lightning_modules.param_groups import split_by_decay
@@ -49,8 +49,8 @@ class EnsembleModule(pl.LightningModule):
         self.register_buffer("active", torch.ones(size, dtype=torch.bool))
         self.register_buffer("first_bad", torch.full((size,), -1, dtype=torch.long))  # step of the first bad loss
         self.register_buffer("bad_value", torch.zeros(size))
-        self.groups = dict(enumerate(spec.group_names)) if len(spec.group_names) > 1 else {}
-        self.n_positions = spec.answer_length if "position_acc" in spec.metrics else 0
+        group_names, self.n_positions = metric_layout(spec)
+        self.groups = dict(enumerate(group_names))
         self._exempt = set(split_by_decay(nets[0], recipes[0].decay)[1])  # no weight decay
         self._declared = set(getattr(nets[0], "no_weight_decay", set)())
         self._train_metrics: dict[str, Tensor] | None = None

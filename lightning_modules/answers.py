@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import Tensor
 from torchmetrics import Metric
 
-from datamodules.batch import Batch, TaskSpec
+from datamodules.batch import Batch, TaskSpec, answer_columns
 from nets.output import NetOutput
 
 
@@ -41,13 +41,24 @@ def answer_correct(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
     return (logits.argmax(-1) == batch.targets).to(logits.dtype) * mask, mask
 
 
+def exact_answers(correct: Tensor, mask: Tensor) -> Tensor:
+    """(N,) 1 where every answer token of the example is right (`answer_correct`'s two tensors)."""
+    return (correct.sum(1) == mask.sum(1)).to(correct.dtype)
+
+
 def batch_accuracy(logits: Tensor, batch: Batch) -> dict[str, Tensor]:
     """`acc` over answer tokens and `exact_match` over examples of one batch (training metrics)."""
     correct, mask = answer_correct(logits, batch)
     if mask.shape[1] == 1:
         return {"acc": correct.mean()}
-    exact = (correct.sum(1) == mask.sum(1)).to(logits.dtype)
-    return {"acc": correct.sum() / mask.sum(), "exact_match": exact.mean()}
+    return {"acc": correct.sum() / mask.sum(), "exact_match": exact_answers(correct, mask).mean()}
+
+
+def metric_layout(spec: TaskSpec) -> tuple[tuple[str, ...], int]:
+    """(the groups metrics are reported for: none unless the task has several, answer positions reported one by
+    one: none unless the task asks for `position_acc`), the shape of `answer_sums`."""
+    groups = spec.group_names if len(spec.group_names) > 1 else ()
+    return groups, spec.answer_length if "position_acc" in spec.metrics else 0
 
 
 def answer_sums(loss: Tensor, logits: Tensor, batch: Batch, n_groups: int, n_positions: int) -> Tensor:
@@ -57,7 +68,7 @@ def answer_sums(loss: Tensor, logits: Tensor, batch: Batch, n_groups: int, n_pos
     (`n_groups` each; none when 0), then right answers per answer position (`n_positions`)."""
     correct, mask = answer_correct(logits.float(), batch)
     per_example, answer_len = correct.sum(1).double(), mask.sum(1).double()
-    exact = (per_example == answer_len).double()
+    exact = exact_answers(correct, mask).double()
     loss_weight = batch.loss_mask.sum().double()
     parts = [torch.stack([loss.double() * loss_weight, loss_weight, per_example.sum(), answer_len.sum(),
                           exact.sum(), torch.ones_like(exact).sum()])]
@@ -65,8 +76,7 @@ def answer_sums(loss: Tensor, logits: Tensor, batch: Batch, n_groups: int, n_pos
         in_group = F.one_hot(batch.group.long(), n_groups).double()  # (N, G)
         parts += [in_group.T @ per_example, in_group.T @ answer_len, in_group.T @ exact, in_group.sum(0)]
     if n_positions:  # the i-th answer token of each example (the same columns in every row)
-        columns = batch.answer_mask[0].nonzero().flatten()
-        parts.append(correct[:, columns].sum(0).double())
+        parts.append(correct[:, answer_columns(batch.answer_mask)].sum(0).double())
     return torch.cat(parts)
 
 
@@ -112,8 +122,7 @@ class AnswerMetrics(Metric):
     def __init__(self, spec: TaskSpec):
         super().__init__()
         self.spec = spec
-        self.group_names = spec.group_names if len(spec.group_names) > 1 else ()
-        self.n_positions = spec.answer_length if "position_acc" in spec.metrics else 0
+        self.group_names, self.n_positions = metric_layout(spec)
         size = 6 + 4 * len(self.group_names) + self.n_positions
         self.add_state("sums", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
 

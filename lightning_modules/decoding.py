@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from datamodules.batch import Batch
+from datamodules.batch import Batch, answer_columns
 from lightning_modules.answers import aligned_logits
 
 
@@ -22,7 +22,7 @@ def greedy_logits(net: nn.Module, batch: Batch) -> Tensor:
     offset = batch.inputs.shape[1] - n_targets  # input position of target 0's prediction
     inputs = batch.inputs.clone()
     logits = aligned_logits(net(inputs), n_targets).clone()
-    columns = batch.answer_mask[0].nonzero().flatten().tolist()
+    columns = answer_columns(batch.answer_mask).tolist()
     for i, j in enumerate(columns):
         if i:  # the first answer token is predicted from the prompt alone: the forward above
             logits[:, j] = aligned_logits(net(inputs), n_targets)[:, j]

@@ -22,6 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from datamodules.batch import answer_columns
 from datamodules.task import modular_structure
 from lightning_modules.regularizers import Regularizer
 from nets.output import NetOutput
@@ -63,7 +64,7 @@ class SpectralPenalty(Regularizer):
         self.grid = structure.grid
         # one answer token per equation, the same column in every row: read by index (a CUDA graph can capture it)
         answer_mask = self.grid.answer_mask
-        self.answer_from_end = answer_mask.shape[1] - int(answer_mask[0].nonzero()[0])
+        self.answer_from_end = answer_mask.shape[1] - int(answer_columns(answer_mask)[0])
 
     def term(self, output: NetOutput) -> Tensor:
         require(self.module is not None, "regularizer.spectral", "unbound", "a penalty bound by the module at fit start")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.batch import Batch, TaskSpec
-from lightning_modules.answers import AnswerMetrics, batch_accuracy, task_loss
+from lightning_modules.answers import AnswerMetrics, batch_accuracy, metric_layout, task_loss
 from lightning_modules.cadence import is_log_step
 from lightning_modules.compute_cost import binary_entropy
 from lightning_modules.cuda_graph import CapturedStep, StepResult, check_graphable
@@ -49,7 +49,7 @@ class TaskModule(pl.LightningModule):
         self.automatic_optimization = not cuda_graph
         self._captured: CapturedStep | None = None
         self.regularizers = dict(regularizers or {})
-        self.per_group = len(spec.group_names) > 1  # multi-op data: accuracy per operation too
+        self.groups = dict(enumerate(metric_layout(spec)[0]))  # multi-op data: routing usage per operation too
         self.eval_metrics = nn.ModuleDict({stage: AnswerMetrics(spec) for stage in EVAL_STAGES})
 
     def forward(self, inputs: Tensor) -> NetOutput:
@@ -87,8 +87,7 @@ class TaskModule(pl.LightningModule):
         if self.regularizers:
             metrics |= {"train/task_loss": result.task_loss, "train/total_loss": result.total}
             metrics |= {f"train/reg/{name}": term for name, term in result.terms.items()}
-        groups = dict(enumerate(self.spec.group_names)) if self.per_group else {}
-        self.log_dict(metrics | structure_metrics(result.output, batch.group, groups), prog_bar=False)
+        self.log_dict(metrics | structure_metrics(result.output, batch.group, self.groups), prog_bar=False)
 
     def graphed_step(self, batch: Batch) -> StepResult:
         """One step under `cuda_graph` (manual optimisation): eager until the lr warmup is over, then the
