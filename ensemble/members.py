@@ -17,6 +17,8 @@ from runtime.errors import ConfigError
 PACKABLE = ("seed", "init_scale", "init_from", "optimizer.lr", "optimizer.weight_decay", "optimizer.declared_lr")
 # What a solo run of the config would use that an ensemble also honours (anything else must be off).
 SUPPORTED_CALLBACKS = ("grokking_time", "checkpoint", "best_checkpoint", "progress", "finite_loss")
+# default callbacks an ensemble leaves out: the members share each step, so a per-run speed means nothing there
+LEFT_OUT_CALLBACKS = ("throughput",)
 
 
 def packable_keys(cfg: DictConfig) -> list[str]:
@@ -39,7 +41,7 @@ def shared_part(cfg: DictConfig) -> str:
 def check_supported(cfg: DictConfig) -> None:
     """Refuse, by key, the settings an ensemble cannot honour."""
     for name, node in (cfg.get("callbacks") or {}).items():
-        if node and name not in SUPPORTED_CALLBACKS:
+        if node and name not in (*SUPPORTED_CALLBACKS, *LEFT_OUT_CALLBACKS):
             supported = ", ".join(SUPPORTED_CALLBACKS)
             raise ConfigError(f"callbacks.{name}", node.get("_target_"),
                               f"null in an ensemble (hydra/launcher=ensemble supports {supported})")

@@ -114,7 +114,12 @@ def check_graphable(trainer) -> None:
     require(trainer.strategy.root_device.type == "cuda", key, True, "false unless training on a CUDA device")
     require(trainer.world_size == 1, key, True, "false with more than one device")
     require(str(trainer.precision) in ("32-true", "32"), key, True, f"false with precision={trainer.precision}")
-    net = getattr(getattr(trainer, "lightning_module", None), "net", None)
+    module = getattr(trainer, "lightning_module", None)
+    recipe = getattr(module, "recipe", None)
+    require(recipe is None or recipe.schedule == "constant", key, True,
+            f"false with optimizer.schedule={getattr(recipe, 'schedule', None)} (the captured step bakes in the lr "
+            f"it has after the warmup)")
+    net = getattr(module, "net", None)
     require(net is None or not any(getattr(part, "data_dependent_shapes", False) for part in net.modules()),
             key, True, "false for a net whose parts route tokens by the data (a mixture of experts: its shapes change "
                        "every step)")

@@ -1,6 +1,8 @@
-"""AdamW with decay/no-decay parameter groups and linear warmup, built from the `optimizer` config group."""
+"""AdamW with decay/no-decay parameter groups, linear warmup and an optional decay of the learning rate, built
+from the `optimizer` config group."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -12,12 +14,17 @@ from lightning_modules.param_groups import DecayPolicy, split_by_decay
 from runtime.errors import require
 
 
+SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclass
 class AdamWRecipe:
     """Everything about the optimiser in one flat config node (`optimizer.lr`, `optimizer.weight_decay`, ...).
 
     Defaults follow the grokking seeds: beta2 = 0.98 (shorter memory, steadier full-batch training),
     eps = 1e-8, and a linear warmup of `warmup_steps` from lr/warmup_steps to lr.
+    `schedule` after the warmup: constant (the grokking runs) | cosine | linear, from lr down to
+    lr * `final_lr_fraction` at step `decay_steps` (the config sets it to trainer.max_steps), flat after that.
     """
 
     lr: float = 1e-3
@@ -28,6 +35,9 @@ class AdamWRecipe:
     decay: DecayPolicy = field(default_factory=DecayPolicy)
     declared_lr: float | None = None  # own learning rate for what a net declares (gates, routing); None = lr
     fused: bool = True  # torch's fused AdamW kernel: one launch per step instead of one per tensor and op
+    schedule: str = "constant"
+    decay_steps: int | None = None
+    final_lr_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.decay, dict) or hasattr(self.decay, "items"):
@@ -46,6 +56,22 @@ class AdamWRecipe:
         require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", self.warmup_steps,
                 "an integer >= 0")
         require(isinstance(self.fused, bool), "fused", self.fused, "true or false")
+        require(self.schedule in SCHEDULES, "schedule", self.schedule, " | ".join(SCHEDULES))
+        if self.schedule != "constant":
+            require(isinstance(self.decay_steps, int) and self.decay_steps > self.warmup_steps, "decay_steps",
+                    self.decay_steps, f"an integer > warmup_steps ({self.warmup_steps}) with schedule={self.schedule}",
+                    related=["warmup_steps"])
+        require(isinstance(self.final_lr_fraction, (int, float)) and 0 <= self.final_lr_fraction <= 1,
+                "final_lr_fraction", self.final_lr_fraction, "a number in [0, 1]")
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate at optimiser step `step` (0-based) as a fraction of `lr`."""
+        warmup = max(self.warmup_steps, 1)
+        if step + 1 < warmup or self.schedule == "constant":
+            return min(1.0, (step + 1) / warmup)
+        progress = min((step + 1 - warmup) / (self.decay_steps - warmup), 1.0)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
+        return self.final_lr_fraction + (1 - self.final_lr_fraction) * shape
 
     def param_groups(self, net: nn.Module) -> list[dict]:
         """decay / no_decay groups; with `declared_lr`, the declared parameters move to groups of their own
@@ -73,6 +99,4 @@ class AdamWRecipe:
         else:
             optimizer = torch.optim.AdamW(self.param_groups(net), lr=self.lr, betas=self.betas, eps=self.eps,
                                           fused=fused or None)
-        warmup = max(self.warmup_steps, 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return optimizer, scheduler
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)

@@ -13,6 +13,7 @@ from typing import Iterable, Mapping
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.batch import Batch, TaskSpec
@@ -87,7 +88,8 @@ class TaskModule(pl.LightningModule):
         if self.regularizers:
             metrics |= {"train/task_loss": result.task_loss, "train/total_loss": result.total}
             metrics |= {f"train/reg/{name}": term for name, term in result.terms.items()}
-        self.log_dict(metrics | structure_metrics(result.output, batch.group, self.groups), prog_bar=False)
+        self.log_dict(metrics | structure_metrics(result.output, batch.group, self.groups,
+                                                  getattr(self.net, "routing_options", None)), prog_bar=False)
 
     def graphed_step(self, batch: Batch) -> StepResult:
         """One step under `cuda_graph` (manual optimisation): eager until the lr warmup is over, then the
@@ -194,12 +196,21 @@ class TaskModule(pl.LightningModule):
         return {name: value.item() for name, value in metrics.compute().items()}
 
 
+def router_layer(key: str, index: int) -> str:
+    """`layer_<i>` of a router's aux key (`layer_2/mixer/routing` -> `layer_2`); the router's rank for a bare key."""
+    head = key.split("/", 1)[0]
+    return head if head.startswith("layer_") and "/" in key else f"layer_{index}"
+
+
 @torch.no_grad()
-def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, str]) -> dict[str, Tensor]:
+def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, str],
+                      options: tuple[str, ...] | None = None) -> dict[str, Tensor]:
     """Gate values and routing statistics of the training batch, under the metric names of docs/architecture.md;
     on multi-op data also head usage per operation (`routing/usage/layer_<i>/<op>/head_<j>`); for mixtures of
     experts the share of token assignments dropped over capacity (`moe/dropped/<where>`) and the experts' usage
-    (`routing/usage/...`: their router probabilities)."""
+    (`routing/usage/...`: their router probabilities). Where a router makes hard choices (aux `expert_index`), the
+    share of assignments each option got: `routing/share/layer_<i>/<option>`, options named by the net's
+    `routing_options` (a hybrid LM's `gdn` / `softmax`), else `head_<j>`."""
     metrics: dict[str, Tensor] = {}
     if output.gates is not None:
         g = output.gates.reshape(-1, output.gates.shape[-1]).mean(0)  # (n_layers,)
@@ -207,13 +218,20 @@ def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, s
         metrics["gates/effective_depth"] = g.sum()
         metrics["gates/active_layers"] = (g > 0.5).sum().float()
         metrics["gates/entropy"] = binary_entropy(g).mean()
-    for i, weights in enumerate(output.routing):
+    for i, (key, weights) in enumerate(output.named("routing").items()):
+        layer = router_layer(key, i)
         flat = weights.reshape(-1, weights.shape[-1])
-        metrics[f"routing/entropy/layer_{i}"] = entropy(flat).mean()
-        metrics |= {f"routing/usage/layer_{i}/head_{j}": u for j, u in enumerate(flat.mean(0))}
+        metrics[f"routing/entropy/{layer}"] = entropy(flat).mean()
+        metrics |= {f"routing/usage/{layer}/head_{j}": u for j, u in enumerate(flat.mean(0))}
         per_example = weights.reshape(weights.shape[0], -1, weights.shape[-1]).mean(1)  # (B, N)
         for index, name in group_names.items():
             usage = per_example[group == index].mean(0)
-            metrics |= {f"routing/usage/layer_{i}/{name}/head_{j}": u for j, u in enumerate(usage)}
+            metrics |= {f"routing/usage/{layer}/{name}/head_{j}": u for j, u in enumerate(usage)}
+        choices = output.aux.get(key.removesuffix("routing") + "expert_index")
+        if choices is not None:
+            n = weights.shape[-1]
+            share = F.one_hot(choices.reshape(-1), n).float().mean(0)  # (N,), sums to 1 over options
+            names = options if options and len(options) == n else [f"head_{j}" for j in range(n)]
+            metrics |= {f"routing/share/{layer}/{name}": v for name, v in zip(names, share)}
     metrics |= {f"moe/dropped/{key.removesuffix('/dropped')}": value for key, value in output.named("dropped").items()}
     return metrics

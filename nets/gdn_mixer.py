@@ -15,9 +15,15 @@ The initialisation follows the paper's code: A ~ U[1, 16) per head (A_log = log 
 no weight decay: `no_weight_decay()` declares them, and their `parameter_roles` are "bias" (they are per-head
 offsets of the log decay), which the generic rule also exempts. There is no attention matrix, so
 `return_attention` is accepted and ignored. The output at t depends only on inputs at positions <= t.
+
+Kernels: the pure-PyTorch chunked form is the reference and the CPU path. On a GPU, with the optional
+flash-linear-attention package installed (`pip install -e '.[fla]'`), `kernel=auto` runs its fused Triton kernel
+(`fla.ops.gated_delta_rule.chunk_gated_delta_rule`, the same convention and numbers; chunk size 64) instead;
+`kernel=torch` keeps the reference, `kernel=fla` insists on the package.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -29,6 +35,17 @@ from nets.gated_delta import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from nets.settings import require
 
 MODES = ("chunk", "recurrent")
+KERNELS = ("auto", "torch", "fla")
+
+
+def fla_installed() -> bool:
+    """Whether flash-linear-attention's kernels can be imported (the optional `fla` extra; they need a GPU)."""
+    return importlib.util.find_spec("fla") is not None
+
+
+def fla_chunk_rule():
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_rule
+    return fla_rule
 
 
 class ShortConvolution(nn.Module):
@@ -52,14 +69,15 @@ class GatedDeltaNet(nn.Module):
     `n_heads` heads of key width `head_dim` (null: d_model // n_heads) and value width head_dim * `expand_v`;
     `conv_size`: the kernel of the short convolutions on q, k, v; `chunk_size`: the chunk of the chunked form;
     `mode`: chunk (training; a sequence shorter than chunk_size is one chunk) | recurrent (the reference loop; same
-    numbers); `use_gate`: multiply the normed
-    output by SiLU of an output gate projection; `norm_eps`: the RMSNorm's epsilon."""
+    numbers); `use_gate`: multiply the normed output by SiLU of an output gate projection; `norm_eps`: the
+    RMSNorm's epsilon; `kernel`: auto (flash-linear-attention's on a GPU when installed, else PyTorch) | torch |
+    fla (the chunked form only; a CPU input with kernel=fla is refused)."""
 
     parameter_roles = {"A_log": "bias", "dt_bias": "bias"}
 
     def __init__(self, d_model: int, n_heads: int = 4, head_dim: int | None = None, expand_v: float = 1.0,
                  conv_size: int = 4, chunk_size: int = 64, mode: str = "chunk", use_gate: bool = True,
-                 norm_eps: float = 1e-5):
+                 norm_eps: float = 1e-5, kernel: str = "auto"):
         super().__init__()
         require(isinstance(n_heads, int) and n_heads >= 1, "n_heads", n_heads, "an integer >= 1")
         if head_dim is None:
@@ -76,6 +94,12 @@ class GatedDeltaNet(nn.Module):
         require(mode in MODES, "mode", mode, " | ".join(MODES))
         require(use_gate in (True, False), "use_gate", use_gate, "true or false")
         require(isinstance(norm_eps, (int, float)) and norm_eps > 0, "norm_eps", norm_eps, "a positive number")
+        require(kernel in KERNELS, "kernel", kernel, " | ".join(KERNELS))
+        require(kernel != "fla" or fla_installed(), "kernel", kernel,
+                "auto or torch: the flash-linear-attention package is not installed (pip install -e '.[fla]')")
+        require(kernel != "fla" or mode == "chunk", "kernel", kernel, "auto or torch with mode=recurrent",
+                related=["mode"])
+        self.kernel, self.fla_available = kernel, fla_installed()
         self.n_heads, self.head_dim, self.head_v_dim = n_heads, head_dim, int(head_dim * expand_v)
         self.chunk_size, self.mode, self.use_gate = chunk_size, mode, use_gate
         key_dim, value_dim = n_heads * head_dim, n_heads * self.head_v_dim
@@ -102,6 +126,15 @@ class GatedDeltaNet(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"A_log", "dt_bias"}
 
+    def uses_fla(self, x: Tensor) -> bool:
+        """Whether this input runs flash-linear-attention's kernel (see `kernel`)."""
+        if self.kernel == "fla":
+            if not x.is_cuda:
+                raise RuntimeError("GatedDeltaNet(kernel='fla') runs on CUDA inputs only; kernel=auto falls back "
+                                   "to the PyTorch form on the CPU")
+            return True
+        return self.kernel == "auto" and self.mode == "chunk" and x.is_cuda and self.fla_available
+
     def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         heads = "b t (h d) -> b t h d"
         q = F.normalize(rearrange(self.q_conv(self.q_proj(x)), heads, h=self.n_heads), dim=-1)
@@ -110,7 +143,9 @@ class GatedDeltaNet(nn.Module):
         beta = self.b_proj(x).sigmoid()                                              # (B, T, H)
         acc = torch.promote_types(x.dtype, torch.float32)                           # decays in float32 at least
         g = -self.A_log.to(acc).exp() * F.softplus(self.a_proj(x).to(acc) + self.dt_bias.to(acc))  # (B, T, H)
-        if self.mode == "chunk":  # a sequence shorter than a chunk is one chunk of its length (no padding)
+        if self.uses_fla(x):
+            o, _ = fla_chunk_rule()(q, k, v, g, beta)
+        elif self.mode == "chunk":  # a sequence shorter than a chunk is one chunk of its length (no padding)
             o, _ = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=min(self.chunk_size, x.shape[1]))
         else:
             o, _ = recurrent_gated_delta_rule(q, k, v, g, beta)
@@ -120,4 +155,4 @@ class GatedDeltaNet(nn.Module):
         return self.o_proj(rearrange(o, "b t h d -> b t (h d)")), {}
 
 
-__all__ = ["GatedDeltaNet", "ShortConvolution"]
+__all__ = ["GatedDeltaNet", "KERNELS", "ShortConvolution", "fla_installed"]

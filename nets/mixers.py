@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from nets.rotary import apply_rotary
 from nets.settings import require
 
 
@@ -21,19 +22,31 @@ class SoftmaxAttention(nn.Module):
     """Causal multi-head softmax self-attention: one fused qkv projection, an output projection.
 
     Runs the fused SDPA kernel; with `return_attention` it computes the same attention explicitly, to return the
-    probabilities (B, H, T, T) as aux `attention`."""
+    probabilities (B, H, T, T) as aux `attention`. `rotary`: rotate q and k by their positions (nets/rotary.py)
+    before the scores; it has no parameters, so nets built without it draw the same weights in the same order.
 
-    def __init__(self, d_model: int, n_heads: int = 4, bias: bool = True):
+    `attend_at` computes the attention of selected query positions only (the sparse mode of a routed mixer,
+    nets/routed_mixer.py): keys and values of every position, queries and the output projection of the selected
+    rows only."""
+
+    def __init__(self, d_model: int, n_heads: int = 4, bias: bool = True, rotary: bool = False):
         super().__init__()
         require(isinstance(n_heads, int) and n_heads >= 1, "n_heads", n_heads, "an integer >= 1")
         require(d_model % n_heads == 0, "n_heads", n_heads, f"a divisor of d_model={d_model}", related=["d_model"])
         require(bias in (True, False), "bias", bias, "true or false")
-        self.n_heads = n_heads
+        require(rotary in (True, False), "rotary", rotary, "true or false")
+        require(not rotary or (d_model // n_heads) % 2 == 0, "rotary", rotary,
+                f"false with an odd head width d_model / n_heads = {d_model // n_heads} (rotary turns channel pairs)",
+                related=["d_model", "n_heads"])
+        self.n_heads, self.d_model, self.rotary = n_heads, d_model, rotary
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
+        if self.rotary:
+            positions = torch.arange(x.shape[1], device=x.device)
+            q, k = apply_rotary(q, positions), apply_rotary(k, positions)
         aux = {}
         if return_attention:
             t = x.shape[1]
@@ -44,6 +57,27 @@ class SoftmaxAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(rearrange(y, "b h t d -> b t (h d)")), aux
+
+    def attend_at(self, x: Tensor, query_positions: Tensor, query_valid: Tensor) -> Tensor:
+        """x (B, T, D), query_positions (B, Q) int64, query_valid (B, Q) bool -> the outputs at those positions
+        (B, Q, D): row (b, j) equals forward(x)[0][b, query_positions[b, j]] up to rounding.
+
+        Causal by original position (key s is seen by the query at position t when s <= t), hence an explicit
+        boolean mask (is_causal would mean s <= j). A padded slot (query_valid false) is treated as position 0:
+        it sees key 0 only, so it stays finite (no all-masked softmax row, no NaN); the caller discards it."""
+        d = self.d_model
+        w, b = self.qkv.weight, self.qkv.bias
+        kv = F.linear(x, w[d:], None if b is None else b[d:])  # (B, T, 2D): keys and values of every position
+        k, v = rearrange(kv, "b t (two h e) -> two b h t e", two=2, h=self.n_heads)
+        positions = torch.where(query_valid, query_positions, torch.zeros_like(query_positions))
+        rows = x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, Q, D), the queries' inputs
+        q = rearrange(F.linear(rows, w[:d], None if b is None else b[:d]), "b q (h e) -> b h q e", h=self.n_heads)
+        keys = torch.arange(x.shape[1], device=x.device)  # the keys' positions
+        if self.rotary:
+            q, k = apply_rotary(q, positions), apply_rotary(k, keys)
+        mask = keys <= positions.unsqueeze(-1)  # (B, Q, T): True = may attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1))  # (B, H, Q, e)
+        return self.proj(rearrange(y, "b h q e -> b q (h e)"))
 
 
 __all__ = ["SoftmaxAttention"]

@@ -74,6 +74,8 @@ def assemble(cfg: DictConfig, out: Path, ckpt_path: str | None, say: Callable[[s
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                     default_root_dir=str(out), **({"gradient_clip_val": None} if graphed else {}))
     facts["device"] = str(trainer.strategy.root_device)
+    if callable(describe := getattr(datamodule, "corpus_info", None)):  # which text a language model trained on
+        facts["corpus"] = describe().as_dict()
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if wandb_run := wandb_identity(loggers):

@@ -34,9 +34,10 @@ def train_ensemble(tmp_path, common, per_member, name="ensemble"):
 
 
 def logged(run_dir):
-    """{(step, metric): value} of every metric cell in a run's metrics.csv."""
+    """{(step, metric): value} of every metric cell in a run's metrics.csv, but the wall-clock speeds (`speed/`: a
+    solo run measures them, an ensemble, whose members share each step, does not)."""
     return {(int(row["step"]), key): float(value) for row in metrics_rows(run_dir)
-            for key, value in row.items() if value and key not in ("step", "epoch")}
+            for key, value in row.items() if value and key not in ("step", "epoch") and not key.startswith("speed/")}
 
 
 def assert_same_run(member, member_dir, solo, solo_dir, rel=1e-4, acc=1e-6):

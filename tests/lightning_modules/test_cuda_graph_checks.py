@@ -40,3 +40,12 @@ def test_a_task_without_an_in_memory_training_split_is_refused_by_name():
     setting.datamodule = type("TextStream", (), {"train_dataloader": lambda self: iter(())})()  # no `splits`
     with pytest.raises(ConfigError, match="expected false for TextStream, which holds no training split in memory"):
         check_graphable(setting)
+
+
+def test_a_decaying_learning_rate_is_refused():
+    from lightning_modules.optimization import AdamWRecipe
+
+    setting = trainer()
+    setting.lightning_module = SimpleNamespace(recipe=AdamWRecipe(schedule="cosine", decay_steps=100), net=None)
+    with pytest.raises(ConfigError, match="optimizer.schedule=cosine"):
+        check_graphable(setting)

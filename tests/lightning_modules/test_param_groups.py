@@ -78,6 +78,22 @@ def test_linear_warmup_reaches_lr_at_warmup_steps():
     assert lrs == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2])
 
 
+@pytest.mark.parametrize("schedule, at_5", [("cosine", 0.1 + 0.9 * 0.5 * (1 + 0.5**0.5)), ("linear", 0.1 + 0.9 * 0.75)])
+def test_warmup_then_decay_to_the_final_fraction(schedule, at_5):
+    optimizer, scheduler = AdamWRecipe(lr=2.0, warmup_steps=4, schedule=schedule, decay_steps=12,
+                                       final_lr_fraction=0.1).build(nn.Linear(2, 2))
+    lrs = []
+    for _ in range(14):
+        lrs.append(optimizer.param_groups[0]["lr"] / 2.0)
+        optimizer.step()
+        scheduler.step()
+    # warmup to the full lr at step 3, halfway down at step 7, the floor from step 11 on
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[5] == pytest.approx(at_5) and lrs[7] == pytest.approx(0.55)
+    assert lrs[11:] == pytest.approx([0.1] * 3)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
 def test_unknown_declared_name_is_an_error():
     class Bad(Declares):
         def no_weight_decay(self):
@@ -89,7 +105,9 @@ def test_unknown_declared_name_is_an_error():
 
 @pytest.mark.parametrize("kw, key", [(dict(lr=0), "lr"), (dict(betas=[0.9, 1.0]), "betas"),
                                      (dict(weight_decay=-1), "weight_decay"), (dict(warmup_steps=-2), "warmup_steps"),
-                                     (dict(decay={"gates": True}), "decay")])
+                                     (dict(decay={"gates": True}), "decay"), (dict(schedule="step"), "schedule"),
+                                     (dict(schedule="cosine", warmup_steps=10, decay_steps=10), "decay_steps"),
+                                     (dict(final_lr_fraction=2), "final_lr_fraction")])
 def test_bad_optimizer_settings(kw, key):
     with pytest.raises(ConfigError) as info:
         AdamWRecipe(**kw)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +69,17 @@ def test_dropped_assignments_of_a_mixture_of_experts_are_logged_by_layer():
     metrics = structure_metrics(output, torch.zeros(2, dtype=torch.long), {})
     assert metrics["moe/dropped/layer_0/ffn"] == 0.25
     assert [metrics[f"routing/usage/layer_0/head_{j}"].item() for j in range(4)] == [0.25] * 4
+
+
+def test_routers_are_named_by_their_layer_and_hard_choices_give_token_shares():
+    from lightning_modules.task_module import structure_metrics
+
+    probs = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]])  # (B=1, T=4, 2)
+    choices = torch.tensor([[[0], [1], [1], [1]]])  # 3 of 4 tokens to option 1 (not the argmax of token 2)
+    output = NetOutput(torch.zeros(1, 4, 5), aux={"layer_2/mixer/routing": probs,
+                                                  "layer_2/mixer/expert_index": choices})
+    metrics = structure_metrics(output, torch.zeros(1, dtype=torch.long), {}, options=("gdn", "softmax"))
+    assert metrics["routing/share/layer_2/gdn"].item() == 0.25
+    assert metrics["routing/share/layer_2/softmax"].item() == 0.75
+    assert metrics["routing/usage/layer_2/head_1"].item() == pytest.approx(0.5)
+    assert "routing/entropy/layer_2" in metrics and "routing/entropy/layer_0" not in metrics

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nets import GatedDeltaNet, InvalidSetting, MLPFFN, Transformer
-from nets.gdn_mixer import ShortConvolution
+from nets.gdn_mixer import ShortConvolution, fla_installed
 
 
 def test_shapes_and_widths():
@@ -119,6 +119,7 @@ def test_gradients_reach_every_parameter(use_gate):
     (dict(d_model=8, n_heads=2, expand_v=0.3), "expand_v"),
     (dict(d_model=8, n_heads=2, conv_size=0), "conv_size"),
     (dict(d_model=8, n_heads=2, chunk_size=0), "chunk_size"),
+    (dict(d_model=8, n_heads=2, kernel="triton"), "kernel"),
 ])
 def test_bad_settings_name_their_key(settings, key):
     with pytest.raises(InvalidSetting) as err:
@@ -130,3 +131,15 @@ def test_bad_setting_in_the_transformer_is_qualified_by_the_slot():
     with pytest.raises(InvalidSetting) as err:
         Transformer(10, 10, 6, d_model=8, mixer=partial(GatedDeltaNet, n_heads=3))
     assert err.value.key == "mixer.n_heads"
+
+
+def test_the_cpu_runs_the_pytorch_form_and_kernel_fla_is_refused_where_it_cannot_run():
+    layer = GatedDeltaNet(d_model=8, n_heads=2)  # kernel=auto
+    assert not layer.uses_fla(torch.randn(1, 5, 8))  # a CPU input: the reference form, installed or not
+    if fla_installed():
+        with pytest.raises(RuntimeError, match="CUDA inputs only"):
+            GatedDeltaNet(d_model=8, n_heads=2, kernel="fla")(torch.randn(1, 5, 8))
+    else:
+        with pytest.raises(InvalidSetting) as err:
+            GatedDeltaNet(d_model=8, n_heads=2, kernel="fla")
+        assert err.value.key == "kernel" and "pip install -e '.[fla]'" in str(err.value)

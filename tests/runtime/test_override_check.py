@@ -6,7 +6,8 @@ from runtime.config.override_check import unknown_key_message
 
 DATA = ("settings under data: batch_size, eval_batch_size, format, loss_on, op_token, operations, p, shuffle_seed, "
         "split_seed, test_fraction, train_fraction, val_fraction")
-OPTIMIZER = "settings under optimizer: betas, decay, declared_lr, eps, fused, lr, warmup_steps, weight_decay"
+OPTIMIZER = ("settings under optimizer: betas, decay, decay_steps, declared_lr, eps, final_lr_fraction, fused, lr, "
+             "schedule, warmup_steps, weight_decay")
 
 
 @pytest.mark.parametrize(
