@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(PY) launch.py $(ARGS)
 
+# one worker process per core (pytest-xdist), whole test files to a worker so module fixtures run once;
+# TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The GPU lane: tests marked `cuda` (they skip without a GPU). On a machine whose Python already has the
 # dependencies: make gpu-test PY=python3 SETUP=

@@ -63,7 +63,9 @@ def row_of(run: Run) -> dict:
 def comparison(paths: list[Path]) -> tuple[pd.DataFrame, list[Run]]:
     runs = [job.run for path in paths for job in find_jobs(path) if job.run is not None]
     table = pd.DataFrame([row_of(run) for run in runs])
-    return table, runs
+    shares = sorted(c for c in table.columns if c.startswith("softmax_share/"))
+    rest = [c for c in table.columns if c not in shares and c not in ("wall_time_s", "folder")]
+    return table[[*rest, *shares, "wall_time_s", "folder"]], runs
 
 
 def plot_curves(runs: list[Run], table: pd.DataFrame, path: Path) -> Path:

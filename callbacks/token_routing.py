@@ -5,7 +5,10 @@ At its cadence the callback runs the net in eval mode (deterministic argmax rout
 probe of validation windows and logs, per routed layer `layer_<i>`:
 - `routing/eval_share/layer_<i>/<option>`: the share of the probe's tokens sent to each option;
 - `routing/eval_entropy/layer_<i>`: the mean entropy of the router's probabilities (nats; ln 2 is undecided);
-- `routing/eval_balance/layer_<i>`: the Switch balance term E * sum_i f_i P_i (1 balanced, E collapsed).
+- `routing/eval_balance/layer_<i>`: the Switch balance term E * sum_i f_i P_i (1 balanced, E collapsed);
+- on tasks whose answers are some of the positions (associative recall: the queries), also the share of the
+  answer positions and of the others sent to the last option: `routing/eval_share_at_answers/layer_<i>/<option>`,
+  `routing/eval_share_elsewhere/layer_<i>/<option>` (does the router send the recall queries to softmax?).
 Figures: `routing/over_training` (the three over steps) and `routing/tokens`: a sample text with every token
 coloured by the mechanism each routed layer sent it to.
 """
@@ -25,8 +28,10 @@ OPTION_COLOURS = ("#dbe9f6", "#f4a582", "#92c5de", "#b2abd2")  # option 0 (gdn) 
 
 
 def printable(text: str) -> list[str]:
-    """One visible glyph per character: newline as a return sign, tab and other control characters as a dot."""
-    return ["⏎" if c == "\n" else "·" if (not c.isprintable() or c == "\t") else c for c in text]
+    """One visible glyph per character: a space as an open box, a newline as a return sign, tab and other control
+    characters as a dot."""
+    return ["␣" if c == " " else "⏎" if c == "\n" else "·" if (not c.isprintable() or c == "\t") else c
+            for c in text]
 
 
 class TokenRouting(Diagnostic):
@@ -45,7 +50,7 @@ class TokenRouting(Diagnostic):
 
     def requirements(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
         if not getattr(pl_module.net, "routing_options", None):
-            return "the net routes no tokens between mechanisms (a hybrid LM with routed layers does)"
+            return "the net routes no tokens between mechanisms; a hybrid LM with routed layers does"
         return None
 
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
@@ -56,7 +61,7 @@ class TokenRouting(Diagnostic):
         routers = {router_layer(key, i): key.removesuffix("routing")
                    for i, key in enumerate(k for k in aux if k.endswith("/routing"))}
         if not routers:
-            self.stand_aside(trainer, "the net has no routed layers (every layer is a fixed mechanism)")
+            self.stand_aside(trainer, "the net has no routed layers: every layer is a fixed mechanism")
             return {}
         metrics, record = {}, {"step": trainer.global_step}
         for layer, prefix in routers.items():
@@ -65,6 +70,12 @@ class TokenRouting(Diagnostic):
             metrics |= {f"routing/eval_share/{layer}/{name}": v.item() for name, v in zip(options, share)}
             metrics[f"routing/eval_entropy/{layer}"] = entropy(probs.reshape(-1, len(options))).mean().item()
             metrics[f"routing/eval_balance/{layer}"] = expert_balance(probs, choices).item()
+            answers = probe.answer_mask.to(choices.device)
+            if answers.shape == choices.shape[:2] and 0 < int(answers.sum()) < answers.numel():
+                last = options[-1]
+                picked = choices[..., 0] == len(options) - 1
+                metrics[f"routing/eval_share_at_answers/{layer}/{last}"] = picked[answers].float().mean().item()
+                metrics[f"routing/eval_share_elsewhere/{layer}/{last}"] = picked[~answers].float().mean().item()
             record[layer] = {"share": share.tolist(), "entropy": metrics[f"routing/eval_entropy/{layer}"],
                              "balance": metrics[f"routing/eval_balance/{layer}"]}
             self.latest[layer] = choices[0, : self.sample_tokens, 0].cpu().numpy()

@@ -24,6 +24,18 @@ def make_norm(kind: str, d_model: int) -> nn.Module:
     return nn.RMSNorm(d_model) if kind == "rmsnorm" else nn.Identity()
 
 
+def normal_init_(module: nn.Module, std: float) -> None:
+    """The `normal` init of the token nets, for one module (use with `net.apply`): every Linear and Embedding weight
+    N(0, std^2), Linear biases 0, and a part's raw weight matrices through its own `init_normal_(std)`. Norms,
+    convolutions and other parameters keep their own init."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if hasattr(module, "init_normal_"):
+        module.init_normal_(std)
+
+
 class Block(nn.Module):
     """Pre-norm residual block of a `mixer` and an `ffn` (built modules), with `norm` (layernorm | rmsnorm | none).
 
@@ -57,4 +69,4 @@ class Block(nn.Module):
                 for name in getattr(part, "no_weight_decay", set)()}
 
 
-__all__ = ["Block", "NORMS", "make_norm"]
+__all__ = ["Block", "NORMS", "make_norm", "normal_init_"]

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from nets.block import NORMS, Block, make_norm
+from nets.block import NORMS, Block, make_norm, normal_init_
 from nets.ffns import GLUFFN
 from nets.gdn_mixer import GatedDeltaNet
 from nets.mixers import SoftmaxAttention
@@ -157,12 +157,7 @@ class HybridLM(nn.Module):
             self.unembed.weight = self.token_embedding.weight
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if hasattr(module, "init_normal_"):
-            module.init_normal_(self.init_std)
+        normal_init_(module, self.init_std)
 
     @property
     def routers(self) -> list[TokenRouter]:

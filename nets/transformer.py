@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from nets.block import NORMS, Block, make_norm
+from nets.block import NORMS, Block, make_norm, normal_init_
 from nets.ffns import MLPFFN
 from nets.mixers import SoftmaxAttention
 from nets.output import NetOutput
@@ -90,12 +90,7 @@ class Transformer(nn.Module):
         return Block(d_model, mixer_part, ffn_part, norm)
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=self.init_std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if hasattr(module, "init_normal_"):
-            module.init_normal_(self.init_std)
+        normal_init_(module, self.init_std)
 
     def forward(self, tokens: Tensor, return_attention: bool = False) -> NetOutput:
         # tokens: (B, T) -> logits (B, T, num_classes)

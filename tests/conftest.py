@@ -14,6 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network from a test
 os.environ.setdefault("WANDB_SILENT", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each (and for the
+    os.environ["OMP_NUM_THREADS"] = "1"     # launches they spawn), so workers never spin-wait on each other
+    torch.set_num_threads(1)
 
 # A small task that learns in a few hundred CPU steps; tests add their own overrides after these.
 SMALL = [
@@ -55,6 +58,12 @@ def metrics_rows(run_dir):
     """The rows of a run's metrics.csv, as dicts of strings (empty where a row has no value)."""
     with open(Path(run_dir) / "metrics.csv") as f:
         return list(csv.DictReader(f))
+
+
+def reproducible_rows(run_dir):
+    """metrics_rows without the wall-clock speeds (`speed/...`), which no two runs share: what a resumed run must
+    reproduce of an uninterrupted one."""
+    return [{key: value for key, value in row.items() if not key.startswith("speed/")} for row in metrics_rows(run_dir)]
 
 
 def assert_same_final_metrics(resumed, straight):

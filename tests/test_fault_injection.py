@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, launch_cli, metrics_rows, read_json
+from tests.conftest import ROOT, launch_cli, metrics_rows, read_json, reproducible_rows
 
 # ~600 steps of a small MLP: a few seconds, so a signal lands mid-run; validation every 20, rows every 10,
 # the first checkpoint at the first validation
@@ -83,7 +83,7 @@ def test_a_stopped_run_resumes_to_the_rows_and_metrics_of_an_uninterrupted_one(t
     assert summary["resumed_from_step"] == stopped_at and summary["session_steps"] == 600 - stopped_at
     assert summary["init_fingerprint"] == reference["init_fingerprint"]
     assert summary["final"] == pytest.approx(reference["final"], rel=1e-6, abs=1e-7)
-    assert metrics_rows(run_dir) == metrics_rows(straight)  # every row once, none lost, same values
+    assert reproducible_rows(run_dir) == reproducible_rows(straight)  # every row once, none lost, same values
 
 
 def test_resume_without_a_checkpoint_starts_over_and_keeps_what_was_there(tmp_path, straight, capsys):
@@ -94,7 +94,7 @@ def test_resume_without_a_checkpoint_starts_over_and_keeps_what_was_there(tmp_pa
     output = capsys.readouterr().out
     assert "resume: no checkpoint in" in output and "starting over" in output
     assert (run_dir / "metrics.attempt-1.csv").read_text().endswith("29,0.")
-    assert metrics_rows(run_dir) == metrics_rows(straight)
+    assert reproducible_rows(run_dir) == reproducible_rows(straight)
 
 
 def test_same_folder_name_at_the_same_moment_gives_each_launch_its_own_folder(tmp_path):

@@ -16,13 +16,8 @@ ROUTED = ["gdn", "routed", "routed", "attn"]
 ROUTED_AUX = [f"layer_{i}/mixer/{name}" for i in (1, 2) for name in ("routing", "expert_index", "router_logits")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread buys nothing, and on a busy 2-core machine its spin-waiting costs 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: a second thread buys nothing, and on a busy 2-core machine its spin-waiting costs 10x
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hybrid(layers=ROUTED, d_model=16, vocab=12, seq_len=10, seed=0, **kw):

@@ -8,13 +8,8 @@ from nets import GatedDeltaNet, InvalidSetting, RoutedMixer, SoftmaxAttention, T
 from nets.routed_mixer import GDN, SOFTMAX
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread buys nothing, and on a busy 2-core machine its spin-waiting costs 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: a second thread buys nothing, and on a busy 2-core machine its spin-waiting costs 10x
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_training_decisions_are_one_hot_with_a_gradient():

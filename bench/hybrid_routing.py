@@ -1,0 +1,171 @@
+"""Does per-token routing save compute? Tokens/s of the hybrid LM's static baseline, dynamic routing that mixes
+both mechanisms at every token (dense, the research seed's), and dynamic routing that runs softmax attention only
+at the tokens routed to it (sparse), on the same device, in one process.
+
+Each arm is the experiment's net (conf/model/hybrid_lm.yaml at the preset's size) on random bytes: a training step
+(forward, backward, AdamW) and an inference forward (eval mode: argmax routing), timed over `--steps` after
+`--warmup` untimed ones, the device synchronised at both ends; arms alternate and repeat, and the medians are
+printed with the ratios sparse / dense and each / static. The routers are forced to send a share `--share` of
+random tokens to softmax (several values: the saving depends on it); `natural` keeps the routers' own decisions
+at initialisation (about half).
+
+With `--kernels` (a GPU with the `fla` extra) it first times the static net with Gated DeltaNet's pure-PyTorch
+chunked form against flash-linear-attention's Triton kernel.
+
+    python bench/hybrid_routing.py [--experiment hybrid_dynamic_cpu] [--device cpu|cuda] [--share natural 0.1 0.5]
+                                   [--kernels] [--set KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from datamodules.batch import TaskSpec  # noqa: E402
+from nets.token_router import Routing, TokenRouter  # noqa: E402
+from runtime.config.build import build_net  # noqa: E402
+from runtime.config.compose import compose_config  # noqa: E402
+
+STATIC = ["gdn", "gdn", "gdn", "attn"]
+
+
+def forced_share(share: float, generator: torch.Generator):
+    """A forward hook that replaces a router's decisions: each token goes to softmax with probability `share`."""
+
+    def hook(router: TokenRouter, args, routing: Routing) -> Routing:
+        draw = torch.rand(routing.choice.shape, generator=generator, device="cpu").to(routing.choice.device)
+        choice = (draw < share).long()
+        weights = torch.nn.functional.one_hot(choice, router.n_options).to(routing.weights.dtype)
+        return Routing(weights + (routing.probs - routing.probs.detach()), routing.probs, choice, routing.logits)
+
+    return hook
+
+
+OVERRIDES: list[str] = []  # from the command line, after the experiment (e.g. data.seq_len=1024)
+
+
+def arm_net(experiment: str, layers: list[str], mode: str, device: str, share: str, kernel: str = "auto"):
+    cfg = compose_config([f"experiment={experiment}", *OVERRIDES, f"model.layers=[{','.join(layers)}]",
+                          f"model.routing_mode={mode}", f"model.gdn.kernel={kernel}"])
+    spec = TaskSpec(num_classes=256, vocab_size=256, seq_len=cfg.data.seq_len)
+    torch.manual_seed(0)
+    net = build_net(cfg.model, spec).to(device)
+    if share != "natural":
+        generator = torch.Generator().manual_seed(0)
+        for router in net.routers:
+            router.register_forward_hook(forced_share(float(share), generator))
+    return net, cfg
+
+
+def softmax_share(net, tokens: torch.Tensor) -> float | None:
+    aux = net(tokens).aux
+    shares = [t.float().mean().item() for key, t in aux.items() if key.endswith("expert_index")]
+    return sum(shares) / len(shares) if shares else None
+
+
+def time_arm(net, cfg, device: str, steps: int, warmup: int, dtype: torch.dtype | None) -> tuple[float, float]:
+    """(training tokens/s, inference tokens/s)."""
+    batch, seq_len = cfg.data.batch_size, cfg.data.seq_len
+    tokens = torch.randint(0, 256, (batch, seq_len + 1), device=device)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    autocast = torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def train_step():
+        with autocast:
+            logits = net(inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def infer_step():
+        with torch.no_grad(), autocast:
+            net(inputs)
+
+    rates = []
+    for mode, step in (("train", train_step), ("eval", infer_step)):
+        net.train(mode == "train")
+        for _ in range(warmup):
+            step()
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        rates.append(steps * batch * seq_len / (time.perf_counter() - start))
+    return rates[0], rates[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", default="hybrid_dynamic_cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--share", nargs="+", default=["natural", "0.1", "0.5"])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--kernels", action="store_true", help="also time GDN's PyTorch form against fla's kernel")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override, e.g. --set data.seq_len=2048 --set data.batch_size=2")
+    args = parser.parse_args()
+    OVERRIDES.extend(args.set)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dynamic = compose_config([f"experiment={args.experiment}", *OVERRIDES])
+    routed = list(dynamic.model.layers)
+    dtype = torch.bfloat16 if args.device == "cuda" and "bf16" in str(dynamic.trainer.precision) else None
+    print(f"{args.experiment} on {args.device}: d_model {dynamic.model.d_model}, batch {dynamic.data.batch_size} x "
+          f"{dynamic.data.seq_len} tokens, {'bf16 autocast' if dtype else 'float32'}; static {STATIC}, dynamic "
+          f"{routed}; medians of {args.repeats} alternating repeats of {args.steps} steps")
+    if args.kernels:
+        kernels = {kernel: arm_net(args.experiment, STATIC, "dense", args.device, "natural", kernel)
+                   for kernel in ("torch", "fla")}
+        rates = {kernel: [] for kernel in kernels}
+        for _ in range(args.repeats):
+            for kernel, (net, cfg) in kernels.items():
+                rates[kernel].append(time_arm(net, cfg, args.device, args.steps, args.warmup, dtype))
+        median = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in rates.items()}
+        for kernel, (train, infer) in median.items():
+            print(f"static net, GDN kernel {kernel:<6}: train {train:,.0f} tok/s, inference {infer:,.0f} tok/s")
+        print(f"fla / torch: train {median['fla'][0] / median['torch'][0]:.2f}, "
+              f"inference {median['fla'][1] / median['torch'][1]:.2f}")
+    print(f"{'arm':<16}{'share to softmax':>18}{'train tok/s':>14}{'infer tok/s':>14}{'train / static':>16}"
+          f"{'infer / static':>16}")
+    static_net, static_cfg = arm_net(args.experiment, STATIC, "dense", args.device, "natural")
+    for share in args.share:
+        arms = {"static": (static_net, static_cfg)}
+        for mode in ("dense", "sparse"):
+            arms[f"{mode}"] = arm_net(args.experiment, routed, mode, args.device, share)
+        rates: dict[str, list[tuple[float, float]]] = {name: [] for name in arms}
+        for _ in range(args.repeats):
+            for name, (net, cfg) in arms.items():
+                rates[name].append(time_arm(net, cfg, args.device, args.steps, args.warmup, dtype))
+        median = {name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+                  for name, runs in rates.items()}
+        probe = torch.randint(0, 256, (static_cfg.data.batch_size, static_cfg.data.seq_len), device=args.device)
+        for name, (train, infer) in median.items():
+            net = arms[name][0]
+            net.eval()
+            with torch.no_grad():
+                measured = softmax_share(net, probe)
+            label = "-" if measured is None else f"{measured:.2f} ({share})"
+            print(f"{name:<16}{label:>18}{train:>14,.0f}{infer:>14,.0f}{train / median['static'][0]:>16.3f}"
+                  f"{infer / median['static'][1]:>16.3f}")
+        print(f"sparse / dense at share {share}: train {median['sparse'][0] / median['dense'][0]:.3f}, "
+              f"inference {median['sparse'][1] / median['dense'][1]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

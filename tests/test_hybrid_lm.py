@@ -1,0 +1,96 @@
+"""The hybrid-LM study end to end on CPU: a small static hybrid learns the default corpus far below its byte unigram
+entropy; a dynamic run with compute-saving routing logs its routing (shares, entropy, balance, the annealed
+temperature, speed) and draws its figures; `python -m analysis.compare` puts the two side by side."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+
+import pytest
+
+from tests.conftest import metrics_rows
+
+# the CPU presets shrunk further: windows of 64 bytes, d_model 64, two layers
+TINY = ["data.seq_len=64", "data.batch_size=16", "data.eval_windows=32", "model.d_model=64", "model.n_heads=2",
+        "optimizer.warmup_steps=10", "trainer.val_check_interval=50", "trainer.log_every_n_steps=10", "threads=1",
+        "callbacks.progress.refresh_seconds=1000", "callbacks.checkpoint.every_n_train_steps=100000"]
+STATIC = ["experiment=hybrid_static_cpu", "model.layers=[gdn,attn]", "optimizer.lr=3e-3", "trainer.max_steps=150"]
+DYNAMIC = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=sparse",
+           "trainer.max_steps=40", "callbacks.token_routing.every_n_steps=20"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{name: (summary, run folder, what it printed, the task)} of a static and a dynamic run."""
+    import torch
+
+    from launch import run
+    from runtime.config.build import build
+    from runtime.config.compose import compose_config
+
+    base, results, threads = tmp_path_factory.mktemp("hybrid_lm"), {}, torch.get_num_threads()
+    try:
+        for name, overrides in (("static", STATIC), ("dynamic", DYNAMIC)):
+            printed = io.StringIO()
+            cfg = compose_config([*overrides, *TINY], output_dir=base / name)
+            with contextlib.redirect_stdout(printed):
+                summary = run(cfg)
+            results[name] = (summary, base / name, printed.getvalue(), build(cfg.data, "data"))
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+def test_a_short_cpu_run_predicts_bytes_far_below_their_unigram_entropy(runs):
+    summary, _, _, task = runs["static"]
+    assert summary["status"] == "completed", summary.get("error")
+    unigram = task.unigram_entropy_bits("val")  # 4.53 bits for the val split of pydoc_data on Python 3.11
+    final = summary["final"]
+    assert final["val/bits_per_byte"] < 0.75 * unigram, (final, unigram)
+    # the three LM numbers are one number: ppl = e^loss, bits = loss / ln 2 (one byte per token)
+    assert final["val/perplexity"] == pytest.approx(2.718281828 ** final["val/loss"], rel=1e-5)
+    assert final["val/bits_per_byte"] == pytest.approx(final["val/loss"] / 0.693147181, rel=1e-5)
+    assert summary["corpus"]["name"] == "pydoc_data" and summary["corpus"]["size_bytes"] > 100_000
+    speed = summary["speed"]
+    assert speed["train_tokens"] == 150 * 16 * 64 and speed["train_tokens_per_s"] > 0 and speed["val_tokens_per_s"] > 0
+
+
+def test_a_routed_run_logs_its_routing_and_draws_it(runs):
+    summary, run_dir, printed, _ = runs["dynamic"]
+    assert summary["status"] == "completed", summary.get("error")
+    rows = metrics_rows(run_dir)
+    last = {key: float(value) for row in rows for key, value in row.items() if value}  # last logged value of each
+    for layer in ("layer_1",):
+        assert last[f"routing/share/{layer}/gdn"] + last[f"routing/share/{layer}/softmax"] == pytest.approx(1.0)
+        assert last[f"routing/eval_share/{layer}/gdn"] + last[f"routing/eval_share/{layer}/softmax"] == \
+            pytest.approx(1.0)
+        assert 0 <= last[f"routing/eval_entropy/{layer}"] <= 0.6932
+        assert 1.0 <= last[f"routing/eval_balance/{layer}"] <= 2.0  # E * sum f P: 1 balanced .. 2 collapsed
+    assert 1.0 <= last["train/reg/balance"] <= 2.0
+    temperatures = [float(row["gates/temperature"]) for row in rows if row.get("gates/temperature")]
+    # annealed linearly from 1.0 to 0.5 over the 40 steps: step 39 trains at 1 - 0.5 * 39 / 40
+    assert temperatures == sorted(temperatures, reverse=True) and temperatures[-1] == pytest.approx(0.5125)
+    assert {"routing_tokens.png", "routing_over_training.png"} <= {p.name for p in (run_dir / "plots").iterdir()}
+    assert "token_routing: stands aside" not in printed
+
+
+def test_the_static_run_stands_the_routing_diagnostic_aside(runs):
+    assert "token_routing: stands aside (the net has no routed layers" in runs["static"][2]
+
+
+def test_compare_puts_static_and_dynamic_side_by_side(runs, tmp_path):
+    from analysis.compare import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([str(runs["static"][1]), str(runs["dynamic"][1]), "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "comparison.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [row["run"].split()[0] for row in table] == ["hybrid_static_cpu", "hybrid_dynamic_cpu"]
+    static, dynamic = table
+    assert float(static["val/loss"]) == pytest.approx(runs["static"][0]["final"]["val/loss"])
+    assert static["softmax_share/layer_1"] == "" and 0 <= float(dynamic["softmax_share/layer_1"]) <= 1
+    assert float(dynamic["train_tokens_per_s"]) > 0 and int(static["parameters"]) > 0
+    assert (tmp_path / "comparison.png").stat().st_size > 10_000
+    assert "| hybrid_static_cpu" in printed.getvalue()
