@@ -21,7 +21,7 @@ from runtime.errors import require
 
 
 def batch_tokens(batch: Any) -> int:
-    """Input positions in a batch, over every process (each serves its shard)."""
+    """Input positions in this process's batch (under DDP each process serves its shard)."""
     inputs = batch.inputs
     return inputs.shape[0] * (inputs.shape[1] if inputs.ndim == 2 and not inputs.is_floating_point() else 1)
 

@@ -244,3 +244,24 @@ def test_a_bad_setting_is_one_line_under_its_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as info:
         configured(tmp_path, *overrides)
     assert str(info.value) == message
+
+
+def test_switch_balance_on_routed_layers_is_one_when_undecided_and_two_sum_f_squared_when_saturated():
+    """E * sum_i f_i P_i with E = 2: uniform router probabilities give exactly 1 whatever the sampled split;
+    saturated ones (P = each token's choice) give 2 * (f_gdn^2 + f_softmax^2), 2 when every token goes one way."""
+    from lightning_modules.moe_regularizers import ExpertBalance
+
+    net = hybrid(router="per_layer").train()
+    tokens = torch.randint(0, 12, (8, 10))
+    for router in net.routers:
+        torch.nn.init.zeros_(router.proj.weight)
+    assert ExpertBalance(1.0)(net(tokens)).item() == pytest.approx(1.0, abs=1e-6)
+    net.eval()
+    for router in net.routers:
+        torch.nn.init.normal_(router.proj.weight, std=1e4)  # probabilities one-hot at the argmax choices
+    out = net(tokens)
+    expected = []
+    for i in (1, 2):
+        f = F.one_hot(out.aux[f"layer_{i}/mixer/expert_index"][..., 0], 2).float().mean((0, 1))
+        expected.append(2 * (f**2).sum())
+    assert ExpertBalance(1.0)(out).item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-4)
