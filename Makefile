@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The pinned CPU build; override e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for a CUDA machine.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test gpu-test bench analysis clean
+.PHONY: setup run test gpu-test bench analysis view clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ bench: setup
 # the table and figures of a sweep: make analysis DIR=runs/<experiment>/multirun_<date_time>
 analysis: setup
 	$(PY) -m analysis $(DIR)
+
+# the local viewer of run folders, offline, in a browser on this machine: make view [DIR=runs/<experiment>]
+view: setup
+	$(PY) -m viewer $(or $(DIR),runs)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

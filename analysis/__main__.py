@@ -15,7 +15,7 @@ from analysis.curves import curves_of
 from analysis.plots import DEFAULT_GROK_KEY, write_plots
 from analysis.runs import logger
 from analysis.sweep import find_jobs
-from analysis.table import sweep_table, to_markdown, write_table
+from analysis.table import print_report, sweep_table, write_table
 from runtime.errors import ConfigError, require
 
 
@@ -58,10 +58,7 @@ def analyse(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"[grokking-lab] error: {err}", file=sys.stderr)
         return 1
-    print(to_markdown(table))
-    print("wrote:")
-    for path in written:
-        print(f"  {path}")
+    print_report(table, written)
     return 0
 
 

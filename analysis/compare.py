@@ -19,7 +19,7 @@ import pandas as pd
 
 from analysis.runs import Run
 from analysis.sweep import find_jobs
-from analysis.table import to_markdown
+from analysis.table import print_report, to_markdown
 from callbacks.diagnostic import new_figure
 from runtime.errors import ConfigError
 
@@ -103,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = table.drop(columns=["folder"])
     (out / "comparison.md").write_text(to_markdown(shown))
     written = [out / "comparison.csv", out / "comparison.md", plot_curves(runs, table, out / "comparison.png")]
-    print(to_markdown(shown))
-    print("wrote:")
-    for path in written:
-        print(f"  {path}")
+    print_report(shown, written)
     return 0
 
 

@@ -165,6 +165,14 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def print_report(table: pd.DataFrame, written: Sequence[Path]) -> None:
+    """What the analysis commands print: the table as Markdown, then the files they wrote."""
+    print(to_markdown(table))
+    print("wrote:")
+    for path in written:
+        print(f"  {path}")
+
+
 def write_table(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "table.csv", out_dir / "table.md"
