@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The pinned CPU build; override e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for a CUDA machine.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test gpu-test bench analysis view clean
+.PHONY: setup run test test-browser gpu-test bench analysis view clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ run: setup
 TEST_WORKERS ?= auto
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+
+# The viewer's page in a real browser: installs Debian's Chromium (needs root and apt) and runs the browser test
+test-browser: setup
+	command -v chromium >/dev/null || apt-get install -y -q chromium
+	$(PY) -m pytest -q tests/viewer/test_browser.py $(ARGS)
 
 # The GPU lane: tests marked `cuda` (they skip without a GPU). On a machine whose Python already has the
 # dependencies: make gpu-test PY=python3 SETUP=

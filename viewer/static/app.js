@@ -5,7 +5,7 @@ const REFRESH_MS = 5000;  // while some run is still running (or has no summary 
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf"];
 const state = {runs: null, selected: new Set(), sort: {column: null, descending: false}, filter: "",
-               metrics: null, metricsKey: null, tab: "runs", timer: null};
+               metrics: null, metricsKey: null, tab: "runs", timer: null, wanted: {}};
 
 // ---------- helpers ----------
 function el(tag, attrs = {}, children = []) {
@@ -51,6 +51,7 @@ function showTab(name) {
   if (name === "curves") loadCurves();
   if (name === "run") loadRun();
   if (name === "sweeps") loadSweeps();
+  writeAddress();
 }
 
 // ---------- runs ----------
@@ -161,7 +162,7 @@ async function loadCurves(force = false) {
 
 function fillMetricSelect() {
   const select = document.getElementById("metric");
-  const keep = select.value || "val/acc";
+  const keep = select.value || state.wanted.metric || "val/acc";
   const metrics = state.metrics.metrics;
   select.replaceChildren(...metrics.map((m) => el("option", {value: m, text: m})));
   select.value = metrics.includes(keep) ? keep : (metrics[0] || "");
@@ -222,6 +223,7 @@ function drawCurves() {
   const layout = {xaxis: {title: {text: "step"}, type: document.getElementById("logx").checked ? "log" : "linear"},
                   yaxis: {title: {text: metrics.join(", ")}}, margin: {t: 20}, legend: {orientation: "h"}};
   Plotly.react("chart", traces, layout, {displaylogo: false, responsive: true});
+  writeAddress();
 }
 
 // ---------- one run ----------
@@ -323,6 +325,23 @@ async function loadSweep(refresh) {
   }
 }
 
+// ---------- the address: #tab=curves&run=A&run=B&group=KEY&metric=M opens that view (bookmarks, links) ----------
+function readAddress() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  for (const run of params.getAll("run")) state.selected.add(run);
+  state.wanted = {tab: params.get("tab"), group: params.get("group"), metric: params.get("metric")};
+}
+
+function writeAddress() {
+  const params = new URLSearchParams({tab: state.tab});
+  for (const run of state.selected) params.append("run", run);
+  for (const id of ["group", "metric"]) {
+    const value = document.getElementById(id).value;
+    if (value) params.set(id, value);
+  }
+  history.replaceState(null, "", `#${params}`);
+}
+
 // ---------- wiring ----------
 document.addEventListener("DOMContentLoaded", () => {
   for (const button of document.querySelectorAll("button.tab")) button.addEventListener("click", () => showTab(button.dataset.tab));
@@ -342,5 +361,10 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("diff-select").addEventListener("change", loadDiff);
   document.getElementById("sweep-select").addEventListener("change", () => loadSweep(false));
   document.getElementById("sweep-refresh").addEventListener("click", () => loadSweep(true));
-  loadRuns();
+  readAddress();
+  loadRuns().then(() => {
+    const {tab, group} = state.wanted;
+    if (group) document.getElementById("group").value = group;
+    if (tab) showTab(tab);
+  });
 });
