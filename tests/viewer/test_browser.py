@@ -48,3 +48,8 @@ def test_the_curves_view_of_two_selected_runs_renders_their_chart(served, tmp_pa
     shot = tmp_path / "curves.png"
     chromium("--window-size=1400,1000", f"--screenshot={shot}", address)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_the_run_view_shows_the_run_the_address_names(served):
+    dom = chromium("--dump-dom", f"{served.url}#tab=run&run=seed_1")
+    assert "seed_1 — completed" in dom and '"seed": 1' in dom  # its heading and its summary.json

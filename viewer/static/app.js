@@ -230,7 +230,8 @@ function drawCurves() {
 function fillRunSelects() {
   for (const id of ["run-select", "diff-select"]) {
     const select = document.getElementById(id);
-    const keep = select.value;
+    // the run shown: the one picked, else the first run the address selected (#tab=run&run=A)
+    const keep = select.value || (id === "run-select" ? [...state.selected][0] : "");
     const first = id === "diff-select" ? [el("option", {value: "", text: "(none)"})] : [];
     select.replaceChildren(...first, ...state.runs.rows.filter((r) => r.status !== "missing")
       .map((r) => el("option", {value: r.path, text: `${r.run} (${r.status})`})));
