@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.runs import STATUS_NO_SUMMARY, Run, is_run_dir, load_run, read_metrics
+from analysis.runs import STATUS_NO_SUMMARY, Run, is_run_dir, load_run
 from analysis.sweep import STATUS_MISSING, Job, find_jobs
 from analysis.table import sweep_table
 from runtime.errors import require
@@ -46,14 +46,20 @@ def run_name(path: Path, root: Path) -> str:
     return relative.as_posix() if relative.parts else "."
 
 
+def inside(root: Path, name: str, key: str) -> Path:
+    """`root / name` resolved, refused (ConfigError under `key`) when the name is empty, absolute or has `..`, or
+    when it resolves (symlinks followed) outside root."""
+    require(bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts, key, name,
+            "a path relative to the served folder, without ..")
+    path = (root / name).resolve()
+    require(path.is_relative_to(root.resolve()), key, name, "a path inside the served folder")
+    return path
+
+
 def run_path(root: Path, name: str) -> Path:
     """The run folder named `name` under `root`; a name with `..`, an absolute one, or one that is not a run folder
     is refused (ConfigError)."""
-    parts = Path(name).parts
-    require(bool(name) and not Path(name).is_absolute() and ".." not in parts, "run", name,
-            "a run folder relative to the served folder")
-    path = (root / name).resolve()
-    require(path == root.resolve() or path.is_relative_to(root.resolve()), "run", name, "a folder inside the served one")
+    path = inside(root, name, "run")
     require(path.is_dir() and is_run_dir(path), "run", name, "a run folder (summary.json, metrics.csv or .hydra/)")
     return path
 
@@ -106,12 +112,13 @@ def runs_metrics(root: Path, names: Sequence[str], group_key: str | None = None)
     """The Curves page: per run its metric series; `metrics` the union of their names. With `group_key`, runs are
     grouped by that config key's value (`group_value`) and each group gets, per metric, the mean, min and max over
     its runs (`group_stats`)."""
-    curves = {name: metric_series(read_metrics(run_path(root, name))) for name in names}
+    runs = {name: load_run(run_path(root, name)) for name in names}  # each run read once: metrics and config
+    curves = {name: metric_series(run.metrics) for name, run in runs.items()}
     result: dict[str, Any] = {"runs": curves, "metrics": sorted({m for series in curves.values() for m in series})}
     if group_key:
         members: dict[str, list[str]] = {}
-        for name in names:
-            members.setdefault(repr_value(group_value(load_run(run_path(root, name)), group_key)), []).append(name)
+        for name, run in runs.items():
+            members.setdefault(repr_value(group_value(run, group_key)), []).append(name)
         result["groups"] = [
             {"label": f"{group_key}={label}", "runs": runs,
              "metrics": {metric: group_stats([curves[r][metric] for r in runs if metric in curves[r]])
@@ -219,10 +226,7 @@ def _own_config(root: Path, name: str) -> dict[str, Any]:
 
 def file_path(root: Path, name: str) -> Path:
     """An image file under root to serve; anything else (outside root, `..`, not an image, absent) is refused."""
-    parts = Path(name).parts
-    require(bool(name) and not Path(name).is_absolute() and ".." not in parts, "file", name, "a path inside the root")
-    path = (root / name).resolve()
-    require(path.is_relative_to(root.resolve()), "file", name, "a path inside the served folder")
+    path = inside(root, name, "file")
     require(path.suffix.lower() in IMAGE_SUFFIXES, "file", name, f"an image ({', '.join(IMAGE_SUFFIXES)})")
     require(path.is_file(), "file", name, "an existing file")
     return path
