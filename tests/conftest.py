@@ -54,16 +54,18 @@ def read_json(path):
     return json.loads(Path(path).read_text())
 
 
-def metrics_rows(run_dir):
-    """The rows of a run's metrics.csv, as dicts of strings (empty where a row has no value)."""
-    with open(Path(run_dir) / "metrics.csv") as f:
+def metrics_rows(run_dir, file="metrics.csv"):
+    """The rows of a run's metrics.csv (or another of its CSV files), as dicts of strings (empty where a row has no
+    value)."""
+    with open(Path(run_dir) / file) as f:
         return list(csv.DictReader(f))
 
 
-def reproducible_rows(run_dir):
+def reproducible_rows(run_dir, file="metrics.csv"):
     """metrics_rows without the wall-clock speeds (`speed/...`), which no two runs share: what a resumed run must
     reproduce of an uninterrupted one."""
-    return [{key: value for key, value in row.items() if not key.startswith("speed/")} for row in metrics_rows(run_dir)]
+    return [{key: value for key, value in row.items() if not key.startswith("speed/")}
+            for row in metrics_rows(run_dir, file)]
 
 
 def assert_same_final_metrics(resumed, straight):

@@ -13,7 +13,7 @@ from ensemble.run import run_ensemble
 from runtime.config.build import build
 from runtime.config.compose import compose_config
 from runtime.errors import ConfigError
-from tests.conftest import SMALL, launch_cli, metrics_rows, read_json
+from tests.conftest import SMALL, launch_cli, read_json, reproducible_rows
 
 MLP = ["data.p=23", "data.train_fraction=0.6", "trainer.max_steps=60"]
 TRANSFORMER = ["experiment=transformer_grok_cpu", "data.p=11", "model.d_model=32", "model.n_heads=2",
@@ -36,8 +36,8 @@ def train_ensemble(tmp_path, common, per_member, name="ensemble"):
 def logged(run_dir):
     """{(step, metric): value} of every metric cell in a run's metrics.csv, but the wall-clock speeds (`speed/`: a
     solo run measures them, an ensemble, whose members share each step, does not)."""
-    return {(int(row["step"]), key): float(value) for row in metrics_rows(run_dir)
-            for key, value in row.items() if value and key not in ("step", "epoch") and not key.startswith("speed/")}
+    return {(int(row["step"]), key): float(value) for row in reproducible_rows(run_dir)
+            for key, value in row.items() if value and key not in ("step", "epoch")}
 
 
 def assert_same_run(member, member_dir, solo, solo_dir, rel=1e-4, acc=1e-6):
