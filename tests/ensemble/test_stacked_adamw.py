@@ -55,7 +55,11 @@ def stacked_optimizer(nets, stacked, clip):
 
 @pytest.mark.parametrize("clip", [1e9, 0.05])  # no clipping / every step clipped
 def test_each_member_follows_its_solo_adamw(clip):
-    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    # fixed data: the test must not depend on what ran before it in the process (tests run in parallel workers). In
+    # float32, 25 Adam steps from 1e-7 rounding differences stay within the tolerance for most draws, not all: 9 of
+    # 40 seeds exceed atol 1e-6 (by up to 1.1e-5) with clip 1e9
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 5, generator=generator), torch.randint(0, 3, (32,), generator=generator)
     nets = []
     for seed, *_ in MEMBERS:
         torch.manual_seed(seed)
