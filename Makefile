@@ -18,11 +18,11 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(PY) launch.py $(ARGS)
 
-# one worker process per core (pytest-xdist), whole test files to a worker so module fixtures run once;
-# TEST_WORKERS=0 runs them in this process
+# one worker process per core (pytest-xdist), whole test files to a worker so module fixtures run once, in the
+# order tests/conftest.py sets (the longest first); TEST_WORKERS=0 runs them in this process
 TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 # The viewer's page in a real browser: installs Debian's Chromium (needs root and apt) and runs the browser test
 test-browser: setup

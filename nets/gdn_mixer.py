@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from nets.gated_delta import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from nets.settings import require
+from nets.short_conv import ShortConvolution
 
 MODES = ("chunk", "recurrent")
 KERNELS = ("auto", "torch", "fla")
@@ -46,20 +47,6 @@ def fla_installed() -> bool:
 def fla_chunk_rule():
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_rule
     return fla_rule
-
-
-class ShortConvolution(nn.Module):
-    """Causal depthwise 1-d convolution over positions (kernel `kernel_size`, one filter per channel, no bias),
-    then SiLU: channel c at t sees only channel c at t - kernel_size + 1 .. t. x (B, T, C) -> (B, T, C)."""
-
-    def __init__(self, channels: int, kernel_size: int):
-        super().__init__()
-        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        t = x.shape[1]
-        y = self.conv(x.transpose(1, 2))[..., :t]  # left context only: the padding on the right is cut off
-        return F.silu(y.transpose(1, 2))
 
 
 class GatedDeltaNet(nn.Module):
@@ -155,4 +142,4 @@ class GatedDeltaNet(nn.Module):
         return self.o_proj(rearrange(o, "b t h d -> b t (h d)")), {}
 
 
-__all__ = ["GatedDeltaNet", "KERNELS", "ShortConvolution", "fla_installed"]
+__all__ = ["GatedDeltaNet", "KERNELS", "fla_installed"]

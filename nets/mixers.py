@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from nets.rotary import apply_rotary
 from nets.settings import require
+from nets.short_conv import ShortConvolution
 
 
 class SoftmaxAttention(nn.Module):
@@ -24,12 +25,15 @@ class SoftmaxAttention(nn.Module):
     Runs the fused SDPA kernel; with `return_attention` it computes the same attention explicitly, to return the
     probabilities (B, H, T, T) as aux `attention`. `rotary`: rotate q and k by their positions (nets/rotary.py)
     before the scores; it has no parameters, so nets built without it draw the same weights in the same order.
+    `conv_size` > 0: a causal depthwise short convolution with SiLU on q, k and v (nets/short_conv.py), as Gated
+    DeltaNet has, so that a key can carry the token before it (one layer then does an associative lookup that would
+    otherwise take two); 0 (the default) adds nothing and draws nothing.
 
     `attend_at` computes the attention of selected query positions only (the sparse mode of a routed mixer,
     nets/routed_mixer.py): keys and values of every position, queries and the output projection of the selected
     rows only."""
 
-    def __init__(self, d_model: int, n_heads: int = 4, bias: bool = True, rotary: bool = False):
+    def __init__(self, d_model: int, n_heads: int = 4, bias: bool = True, rotary: bool = False, conv_size: int = 0):
         super().__init__()
         require(isinstance(n_heads, int) and n_heads >= 1, "n_heads", n_heads, "an integer >= 1")
         require(d_model % n_heads == 0, "n_heads", n_heads, f"a divisor of d_model={d_model}", related=["d_model"])
@@ -38,12 +42,20 @@ class SoftmaxAttention(nn.Module):
         require(not rotary or (d_model // n_heads) % 2 == 0, "rotary", rotary,
                 f"false with an odd head width d_model / n_heads = {d_model // n_heads} (rotary turns channel pairs)",
                 related=["d_model", "n_heads"])
+        require(isinstance(conv_size, int) and not isinstance(conv_size, bool) and conv_size >= 0, "conv_size",
+                conv_size, "an integer >= 0 (0: no short convolution)")
         self.n_heads, self.d_model, self.rotary = n_heads, d_model, rotary
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
+        self.conv = ShortConvolution(3 * d_model, conv_size) if conv_size else None  # depthwise: q, k, v each their own
+
+    def project(self, x: Tensor) -> Tensor:
+        """x (B, T, D) -> q, k, v side by side (B, T, 3D), after the short convolution when there is one."""
+        qkv = self.qkv(x)
+        return qkv if self.conv is None else self.conv(qkv)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
+        q, k, v = rearrange(self.project(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
         if self.rotary:
             positions = torch.arange(x.shape[1], device=x.device)
             q, k = apply_rotary(q, positions), apply_rotary(k, positions)
@@ -64,14 +76,22 @@ class SoftmaxAttention(nn.Module):
 
         Causal by original position (key s is seen by the query at position t when s <= t), hence an explicit
         boolean mask (is_causal would mean s <= j). A padded slot (query_valid false) is treated as position 0:
-        it sees key 0 only, so it stays finite (no all-masked softmax row, no NaN); the caller discards it."""
+        it sees key 0 only, so it stays finite (no all-masked softmax row, no NaN); the caller discards it.
+        With a short convolution a query depends on its neighbours too, so q is computed at every position and the
+        selected rows gathered; without one only the selected rows are projected."""
         d = self.d_model
-        w, b = self.qkv.weight, self.qkv.bias
-        kv = F.linear(x, w[d:], None if b is None else b[d:])  # (B, T, 2D): keys and values of every position
-        k, v = rearrange(kv, "b t (two h e) -> two b h t e", two=2, h=self.n_heads)
         positions = torch.where(query_valid, query_positions, torch.zeros_like(query_positions))
-        rows = x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, Q, D), the queries' inputs
-        q = rearrange(F.linear(rows, w[:d], None if b is None else b[:d]), "b q (h e) -> b h q e", h=self.n_heads)
+        at_queries = positions.unsqueeze(-1)  # (B, Q, 1)
+        if self.conv is None:
+            w, b = self.qkv.weight, self.qkv.bias
+            kv = F.linear(x, w[d:], None if b is None else b[d:])  # (B, T, 2D): keys and values of every position
+            rows = x.gather(1, at_queries.expand(-1, -1, d))  # (B, Q, D), the queries' inputs
+            q = F.linear(rows, w[:d], None if b is None else b[:d])
+        else:
+            qkv = self.project(x)
+            q, kv = qkv[..., :d].gather(1, at_queries.expand(-1, -1, d)), qkv[..., d:]
+        k, v = rearrange(kv, "b t (two h e) -> two b h t e", two=2, h=self.n_heads)
+        q = rearrange(q, "b q (h e) -> b h q e", h=self.n_heads)
         keys = torch.arange(x.shape[1], device=x.device)  # the keys' positions
         if self.rotary:
             q, k = apply_rotary(q, positions), apply_rotary(k, keys)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,24 @@ os.environ.setdefault("WANDB_SILENT", "true")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each (and for the
     os.environ["OMP_NUM_THREADS"] = "1"     # launches they spawn), so workers never spin-wait on each other
     torch.set_num_threads(1)
+
+# Files of minutes each on one CPU thread, longest first. `make test` gives whole files to the workers in the order
+# below (--no-loadscope-reorder), so these start at once instead of running alone at the end.
+LONG_FILES = ("tests/test_mqar.py", "tests/test_moe_expressivity.py", "tests/callbacks/test_grokfast.py",
+              "tests/test_hybrid_lm.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long files first, then the rest by number of tests, most first (xdist's own order): a file's tests
+    stay together and in their order (the sort is stable)."""
+    counts = Counter(item.nodeid.split("::")[0] for item in items)
+
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return (LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES), -counts[path])
+
+    items.sort(key=rank)
+
 
 # A small task that learns in a few hundred CPU steps; tests add their own overrides after these.
 SMALL = [

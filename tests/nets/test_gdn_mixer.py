@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from nets import GatedDeltaNet, InvalidSetting, MLPFFN, Transformer
-from nets.gdn_mixer import ShortConvolution, fla_installed
+from nets.gdn_mixer import fla_installed
+from nets.short_conv import ShortConvolution
 
 
 def test_shapes_and_widths():

@@ -108,12 +108,13 @@ def test_attend_at_every_position_is_the_full_forward(rotary, bias):
     torch.testing.assert_close(out, attn(x)[0], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("rotary", [False, True])
-def test_attend_at_a_subset_is_those_rows_of_the_full_forward(rotary):
+@pytest.mark.parametrize("rotary, conv_size", [(False, 0), (True, 0), (False, 4), (True, 4)])
+def test_attend_at_a_subset_is_those_rows_of_the_full_forward(rotary, conv_size):
     """Rows with 3, 1 and 0 valid queries (the rest padding): the valid ones equal the full forward's rows at their
-    original positions (so causal by original position); padded slots are finite and the gradient stays finite."""
+    original positions (so causal by original position); padded slots are finite and the gradient stays finite.
+    With a short convolution a query depends on the tokens before it too, and still equals the full forward's."""
     torch.manual_seed(0)
-    attn = SoftmaxAttention(16, n_heads=2, rotary=rotary).double()
+    attn = SoftmaxAttention(16, n_heads=2, rotary=rotary, conv_size=conv_size).double()
     x = torch.randn(3, 10, 16, dtype=torch.float64, requires_grad=True)
     positions = torch.tensor([[2, 5, 9], [7, 0, 0], [0, 0, 0]])
     valid = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
