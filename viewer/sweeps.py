@@ -16,7 +16,7 @@ from analysis.plots import DEFAULT_GROK_KEY, write_plots
 from analysis.sweep import NOT_RUN_FOLDERS, find_jobs
 from analysis.table import sweep_table, to_markdown, write_table
 from runtime.errors import require
-from viewer.data import IMAGE_SUFFIXES, jsonable, run_name
+from viewer.data import IMAGE_SUFFIXES, inside, jsonable, run_name
 
 CACHE = Path("analysis") / "viewer"
 INPUTS = ("summary.json", "metrics.csv", "multirun.yaml")  # a newer one of these makes the cached analysis stale
@@ -37,11 +37,8 @@ def find_sweeps(root: Path) -> list[str]:
 
 def sweep_path(root: Path, name: str) -> Path:
     """The multirun folder `name` under root; `..`, absolute names and folders without multirun.yaml are refused."""
-    require(bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts, "sweep", name,
-            "a multirun folder relative to the served folder")
-    path = (root / name).resolve()
-    require(path.is_relative_to(root.resolve()) and (path / "multirun.yaml").is_file(), "sweep", name,
-            "a multirun folder (holding multirun.yaml) inside the served folder")
+    path = inside(root, name, "sweep")
+    require((path / "multirun.yaml").is_file(), "sweep", name, "a multirun folder (holding multirun.yaml)")
     return path
 
 

@@ -246,15 +246,20 @@ function openRun(path) {
 
 function section(title, content) { return [el("h3", {text: title}), content]; }
 
+// images under the served folder (names relative to it), each with its name as caption
+function gallery(files) {
+  return el("div", {class: "plots"}, files.map((f) =>
+    el("figure", {}, [el("img", {src: `/files/${f.split("/").map(encodeURIComponent).join("/")}`, alt: f}),
+                      el("figcaption", {text: f})])));
+}
+
 async function loadRun() {
   const name = document.getElementById("run-select").value;
   const target = document.getElementById("run-detail");
   if (!name) { target.replaceChildren(el("p", {text: "no run"})); return; }
   try {
     const run = await getJSON(`/api/run?run=${encodeURIComponent(name)}`);
-    const plots = el("div", {class: "plots"}, run.plots.map((p) =>
-      el("figure", {}, [el("img", {src: `/files/${p.split("/").map(encodeURIComponent).join("/")}`, alt: p}),
-                        el("figcaption", {text: p})])));
+    const plots = gallery(run.plots);
     target.replaceChildren(
       el("h2", {text: `${run.path} — ${run.status}`}),
       ...(run.problems.length ? section("problems", el("pre", {text: run.problems.join("\n")})) : []),
@@ -311,9 +316,7 @@ async function loadSweep(refresh) {
     const table = el("table", {}, [el("tr", {}, sweep.columns.map((c) => el("th", {text: c}))),
       ...sweep.rows.map((row) => el("tr", {}, sweep.columns.map((c) =>
         el("td", {class: typeof row[c] === "number" ? "num" : "", text: cellText(row[c])}))))]);
-    const figures = el("div", {class: "plots"}, sweep.figures.map((f) =>
-      el("figure", {}, [el("img", {src: `/files/${f.split("/").map(encodeURIComponent).join("/")}`, alt: f}),
-                        el("figcaption", {text: f})])));
+    const figures = gallery(sweep.figures);
     document.getElementById("sweep-detail").replaceChildren(
       ...section(`table (${sweep.rows.length} runs; swept: ${sweep.swept.join(", ") || "seed only"})`,
                  el("div", {class: "scroll"}, [table])),
