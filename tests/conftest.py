@@ -1,7 +1,9 @@
 """Shared helpers: compose the launcher's config in-process and run it in a temporary run folder."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
@@ -59,6 +61,21 @@ def run_config(tmp_path):
         return summary, out
 
     return _run
+
+
+def run_quietly(overrides, output_dir):
+    """(summary, what it printed) of a full launch.run of `overrides` in output_dir, in this process. The thread
+    count is put back afterwards: a `threads=` override sets the process's, and later tests must not inherit it."""
+    from launch import run
+    from runtime.config.compose import compose_config
+
+    threads, printed = torch.get_num_threads(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            summary = run(compose_config(list(overrides), output_dir=output_dir))
+    finally:
+        torch.set_num_threads(threads)
+    return summary, printed.getvalue()
 
 
 def launch_cli(args, cwd, timeout=300, env=None):

@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from tests.conftest import metrics_rows
+from tests.conftest import metrics_rows, run_quietly
 
 # the CPU presets shrunk further: windows of 64 bytes, d_model 64, two layers
 TINY = ["data.seq_len=64", "data.batch_size=16", "data.eval_windows=32", "model.d_model=64", "model.n_heads=2",
@@ -22,28 +22,20 @@ DYNAMIC = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "m
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{name: (summary, run folder, what it printed, the task)} of a static and a dynamic run."""
-    import torch
-
-    from launch import run
-    from runtime.config.build import build
-    from runtime.config.compose import compose_config
-
-    base, results, threads = tmp_path_factory.mktemp("hybrid_lm"), {}, torch.get_num_threads()
-    try:
-        for name, overrides in (("static", STATIC), ("dynamic", DYNAMIC)):
-            printed = io.StringIO()
-            cfg = compose_config([*overrides, *TINY], output_dir=base / name)
-            with contextlib.redirect_stdout(printed):
-                summary = run(cfg)
-            results[name] = (summary, base / name, printed.getvalue(), build(cfg.data, "data"))
-    finally:
-        torch.set_num_threads(threads)
+    """{name: (summary, run folder, what it printed)} of a static and a dynamic run."""
+    base, results = tmp_path_factory.mktemp("hybrid_lm"), {}
+    for name, overrides in (("static", STATIC), ("dynamic", DYNAMIC)):
+        summary, printed = run_quietly([*overrides, *TINY], base / name)
+        results[name] = (summary, base / name, printed)
     return results
 
 
 def test_a_short_cpu_run_predicts_bytes_far_below_their_unigram_entropy(runs):
-    summary, _, _, task = runs["static"]
+    from runtime.config.build import build
+    from runtime.config.compose import compose_config
+
+    summary, _, _ = runs["static"]
+    task = build(compose_config([*STATIC, *TINY]).data, "data")  # the run's data, for its split's unigram entropy
     assert summary["status"] == "completed", summary.get("error")
     unigram = task.unigram_entropy_bits("val")  # 4.53 bits for the val split of pydoc_data on Python 3.11
     final = summary["final"]
@@ -57,7 +49,7 @@ def test_a_short_cpu_run_predicts_bytes_far_below_their_unigram_entropy(runs):
 
 
 def test_a_routed_run_logs_its_routing_and_draws_it(runs):
-    summary, run_dir, printed, _ = runs["dynamic"]
+    summary, run_dir, printed = runs["dynamic"]
     assert summary["status"] == "completed", summary.get("error")
     rows = metrics_rows(run_dir)
     last = {key: float(value) for row in rows for key, value in row.items() if value}  # last logged value of each

@@ -7,14 +7,12 @@ numbers, and the MoE with MLP experts reached it in none of 5 (docs/reproduction
 each type runs here with a seed that does, and the MoE with 20 evaluations of patience."""
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 
 import pytest
 
 from tests.analysis.test_analysis import analysis_cli
-from tests.conftest import launch_cli
+from tests.conftest import launch_cli, run_quietly
 
 SETTINGS = {"ffn": ["seed=0"], "glu": ["seed=0"], "moe": ["seed=0", "callbacks.early_stopping.patience=20"],
             "moe_glu": ["seed=2"]}
@@ -24,23 +22,10 @@ STOP_AT_EXACT = "callbacks.grokking_time.stop_after_steps=0"  # end at the first
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """{ffn type: (summary, what it printed)} of one run of each type's experiment."""
-    import torch
-
-    from launch import run
-    from runtime.config.compose import compose_config
-
-    base, results, threads = tmp_path_factory.mktemp("moe_expressivity"), {}, torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for name, overrides in SETTINGS.items():
-            printed = io.StringIO()
-            cfg = compose_config([f"experiment=moe_expressivity_{name}", *overrides, STOP_AT_EXACT,
-                                  "callbacks.progress.refresh_seconds=1000"], output_dir=base / name)
-            with contextlib.redirect_stdout(printed):
-                results[name] = (run(cfg), printed.getvalue())
-    finally:
-        torch.set_num_threads(threads)
-    return results
+    base = tmp_path_factory.mktemp("moe_expressivity")
+    return {name: run_quietly([f"experiment=moe_expressivity_{name}", *overrides, STOP_AT_EXACT, "threads=1",
+                               "callbacks.progress.refresh_seconds=1000"], base / name)
+            for name, overrides in SETTINGS.items()}
 
 
 def test_every_ffn_type_reaches_exact_match_on_held_out_numbers(runs):

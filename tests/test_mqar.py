@@ -3,29 +3,17 @@ keys, one layer of d_model 64 with 4 heads of width 16, the same short convoluti
 attention recalls them; a Gated DeltaNet of the same size, whose per-head state has 16 key dimensions for 32 pairs,
 trained the same way for the same steps, does not (measured after 500 steps: softmax val acc 0.995, GDN 0.014, where
 chance is 1/128; GDN was still at chance at step 2,000; docs/reproductions.md §8)."""
-import contextlib
-import io
+from tests.conftest import run_quietly
 
 STEPS = 500
 
 
 def train(tmp_path, layers):
-    import torch
-
-    from launch import run
-    from runtime.config.compose import compose_config
-
-    threads, printed = torch.get_num_threads(), io.StringIO()
-    cfg = compose_config(["experiment=mqar_cpu", f"model.layers=[{layers}]", f"trainer.max_steps={STEPS}",
-                          "threads=1", "callbacks.progress.refresh_seconds=1000",
-                          "callbacks.checkpoint.every_n_train_steps=100000"], output_dir=tmp_path / layers)
-    try:
-        with contextlib.redirect_stdout(printed):
-            summary = run(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    summary, printed = run_quietly(["experiment=mqar_cpu", f"model.layers=[{layers}]", f"trainer.max_steps={STEPS}",
+                                    "threads=1", "callbacks.progress.refresh_seconds=1000",
+                                    "callbacks.checkpoint.every_n_train_steps=100000"], tmp_path / layers)
     assert summary["status"] == "completed", summary.get("error")
-    return summary, printed.getvalue()
+    return summary, printed
 
 
 def test_softmax_attention_recalls_32_pairs_where_a_same_size_gated_deltanet_does_not(tmp_path):
