@@ -107,6 +107,18 @@ def time_arm(net, cfg, device: str, steps: int, warmup: int, dtype: torch.dtype 
     return rates[0], rates[1]
 
 
+def median_rates(arms: dict, device: str, steps: int, warmup: int, repeats: int,
+                 dtype: torch.dtype | None) -> dict[str, tuple[float, float]]:
+    """{arm: (median training tokens/s, median inference tokens/s)}: the arms timed in turn, `repeats` times, so that
+    a slow spell of the machine falls on all of them."""
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in arms}
+    for _ in range(repeats):
+        for name, (net, cfg) in arms.items():
+            rates[name].append(time_arm(net, cfg, device, steps, warmup, dtype))
+    return {name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+            for name, runs in rates.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="hybrid_dynamic_cpu")
@@ -132,11 +144,7 @@ def main() -> None:
     if args.kernels:
         kernels = {kernel: arm_net(args.experiment, STATIC, "dense", args.device, "natural", kernel)
                    for kernel in ("torch", "fla")}
-        rates = {kernel: [] for kernel in kernels}
-        for _ in range(args.repeats):
-            for kernel, (net, cfg) in kernels.items():
-                rates[kernel].append(time_arm(net, cfg, args.device, args.steps, args.warmup, dtype))
-        median = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in rates.items()}
+        median = median_rates(kernels, args.device, args.steps, args.warmup, args.repeats, dtype)
         for kernel, (train, infer) in median.items():
             print(f"static net, GDN kernel {kernel:<6}: train {train:,.0f} tok/s, inference {infer:,.0f} tok/s")
         print(f"fla / torch: train {median['fla'][0] / median['torch'][0]:.2f}, "
@@ -147,13 +155,8 @@ def main() -> None:
     for share in args.share:
         arms = {"static": (static_net, static_cfg)}
         for mode in ("dense", "sparse"):
-            arms[f"{mode}"] = arm_net(args.experiment, routed, mode, args.device, share)
-        rates: dict[str, list[tuple[float, float]]] = {name: [] for name in arms}
-        for _ in range(args.repeats):
-            for name, (net, cfg) in arms.items():
-                rates[name].append(time_arm(net, cfg, args.device, args.steps, args.warmup, dtype))
-        median = {name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-                  for name, runs in rates.items()}
+            arms[mode] = arm_net(args.experiment, routed, mode, args.device, share)
+        median = median_rates(arms, args.device, args.steps, args.warmup, args.repeats, dtype)
         probe = torch.randint(0, 256, (static_cfg.data.batch_size, static_cfg.data.seq_len), device=args.device)
         for name, (train, infer) in median.items():
             net = arms[name][0]
