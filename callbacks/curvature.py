@@ -21,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from callbacks.diagnostic import Diagnostic, new_figure, publish_figure
 from datamodules.batch import Batch
 from lightning_modules.answers import aligned_logits, task_loss
+from nets.gdn_kernel import reference_form
 from runtime.errors import require
 
 Vectors = list[Tensor]  # one tensor per parameter, same shapes: a point of parameter space
@@ -35,9 +36,12 @@ def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
 
 def hvp_operator(loss_fn: Callable[[], Tensor],
                  params: Sequence[Tensor]) -> tuple[Vectors, Callable[[Vectors], Vectors]]:
-    """(gradient, v -> H v): the loss and its gradient graph are built once and reused for every product."""
+    """(gradient, v -> H v): the loss and its gradient graph are built once and reused for every product. The
+    loss is computed in the nets' reference forms (`nets.gdn_kernel.reference_form`): fused kernels whose backward
+    is not differentiable would silently drop their second-order terms."""
     params = list(params)
-    grads = torch.autograd.grad(loss_fn(), params, create_graph=True, materialize_grads=True)
+    with reference_form():
+        grads = torch.autograd.grad(loss_fn(), params, create_graph=True, materialize_grads=True)
 
     def hvp(vectors: Vectors) -> Vectors:
         # a gradient that does not depend on the parameters (a loss linear in them) contributes nothing
@@ -148,7 +152,8 @@ class Curvature(Diagnostic):
     (`Batch.answer_mask`), the loss that of the positions the task trains on.
 
     Measured in eval mode (deterministic gates, no dropout) with the task loss the module trains on (no
-    regularisers), attention on the math kernel (the only one with a double backward); the module's `.grad`s, its
+    regularisers), attention on the math kernel (the only one with a double backward) and Gated DeltaNet in its
+    PyTorch form (flash-linear-attention's backward is not differentiable); the module's `.grad`s, its
     train/eval mode and the global RNG are left as they were, so training is not perturbed. Probes come from a
     generator seeded with `seed` + step: a rerun measures the same numbers.
     Cost per measurement: about 1 + n_probes + power_iters double-backward passes plus one per-example pass.
@@ -191,8 +196,8 @@ class Curvature(Diagnostic):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            # the fused attention kernels have no double backward; the math kernel has
-            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            # the fused attention kernels have no double backward; the math kernel and the reference forms have
+            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), reference_form():
                 grads = torch.autograd.grad(loss_fn(), params, materialize_grads=True)
                 return {
                     "grad_norm": math.sqrt(float(dot(grads, grads))),

@@ -63,6 +63,7 @@ class StackedNets(nn.Module):
     def vmap(self, fn: Callable[..., Any], *args: Any, in_dims: Sequence[int | None]) -> Any:
         """`fn(row, *args)` for every member at once; `in_dims` says which args have a member axis (0) or are
         shared (None). Random ops draw independently per member. Attention runs on SDPA's math kernel, the one
-        that works under vmap (the fused CUDA kernels reject batched inputs)."""
+        that works under vmap (the fused CUDA kernels reject batched inputs); Gated DeltaNet runs its PyTorch form
+        under any torch.func transform (nets/gdn_kernel.py)."""
         with sdpa_kernel(SDPBackend.MATH):
             return vmap(fn, in_dims=(0, *in_dims), randomness="different")(self.flat, *args)

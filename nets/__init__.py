@@ -4,7 +4,8 @@ A module that owns raw `nn.Parameter`s states their roles (weight, bias, norm, e
 class attribute, so that weight decay treats them as what they are (lightning_modules/param_groups.py). Bad
 constructor arguments raise `InvalidSetting` (nets/settings.py), which the launcher reports under the config key.
 The transformer is assembled from parts (nets/block.py): a mixer (nets/mixers.py) and an FFN (nets/ffns.py,
-nets/moe.py). nets/gated_delta.py holds the Gated DeltaNet recurrence (recurrent and chunked forms).
+nets/moe.py). nets/gated_delta.py holds the Gated DeltaNet recurrence (recurrent and chunked forms);
+nets/gdn_kernel.py decides where flash-linear-attention's kernel runs it instead.
 nets/hybrid_lm.py: GDN / softmax-attention hybrid LM, routed per token (token_router.py, routed_mixer.py, rotary.py).
 """
 from nets.block import Block

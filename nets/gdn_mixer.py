@@ -18,12 +18,14 @@ offsets of the log decay), which the generic rule also exempts. There is no atte
 
 Kernels: the pure-PyTorch chunked form is the reference and the CPU path. On a GPU, with the optional
 flash-linear-attention package installed (`pip install -e '.[fla]'`), `kernel=auto` runs its fused Triton kernel
-(`fla.ops.gated_delta_rule.chunk_gated_delta_rule`, the same convention and numbers; chunk size 64) instead;
-`kernel=torch` keeps the reference, `kernel=fla` insists on the package.
+(`fla.ops.gated_delta_rule.chunk_gated_delta_rule`, the same convention and numbers; chunk size 64) instead, where
+it runs correctly (decided when the layer is built, nets/gdn_kernel.py); `kernel=torch` keeps the reference,
+`kernel=fla` insists on fla and is refused where it cannot run. fla is handed what its own GatedDeltaNet layer hands
+it (`fla_rule`). Under torch.func transforms and inside `nets.gdn_kernel.reference_form()` (double backward) every
+setting runs the PyTorch form: fla's Function supports neither.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import torch
@@ -31,22 +33,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from nets import gdn_kernel
 from nets.gated_delta import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from nets.settings import require
 from nets.short_conv import ShortConvolution
 
 MODES = ("chunk", "recurrent")
 KERNELS = ("auto", "torch", "fla")
-
-
-def fla_installed() -> bool:
-    """Whether flash-linear-attention's kernels can be imported (the optional `fla` extra; they need a GPU)."""
-    return importlib.util.find_spec("fla") is not None
-
-
-def fla_chunk_rule():
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_rule
-    return fla_rule
 
 
 class GatedDeltaNet(nn.Module):
@@ -57,8 +50,9 @@ class GatedDeltaNet(nn.Module):
     `conv_size`: the kernel of the short convolutions on q, k, v; `chunk_size`: the chunk of the chunked form;
     `mode`: chunk (training; a sequence shorter than chunk_size is one chunk) | recurrent (the reference loop; same
     numbers); `use_gate`: multiply the normed output by SiLU of an output gate projection; `norm_eps`: the
-    RMSNorm's epsilon; `kernel`: auto (flash-linear-attention's on a GPU when installed, else PyTorch) | torch |
-    fla (the chunked form only; a CPU input with kernel=fla is refused)."""
+    RMSNorm's epsilon; `kernel`: auto (flash-linear-attention's where it runs correctly, else PyTorch) | torch |
+    fla (the chunked form only; refused where fla cannot run, and on a CPU input). `runs_fla`: the choice made
+    at build (fla on inputs it takes, outside torch.func transforms and `reference_form()`)."""
 
     parameter_roles = {"A_log": "bias", "dt_bias": "bias"}
 
@@ -82,11 +76,13 @@ class GatedDeltaNet(nn.Module):
         require(use_gate in (True, False), "use_gate", use_gate, "true or false")
         require(isinstance(norm_eps, (int, float)) and norm_eps > 0, "norm_eps", norm_eps, "a positive number")
         require(kernel in KERNELS, "kernel", kernel, " | ".join(KERNELS))
-        require(kernel != "fla" or fla_installed(), "kernel", kernel,
-                "auto or torch: the flash-linear-attention package is not installed (pip install -e '.[fla]')")
         require(kernel != "fla" or mode == "chunk", "kernel", kernel, "auto or torch with mode=recurrent",
                 related=["mode"])
-        self.kernel, self.fla_available = kernel, fla_installed()
+        refused = gdn_kernel.fla_refusal() if kernel == "fla" or (kernel == "auto" and mode == "chunk") else None
+        require(kernel != "fla" or refused is None, "kernel", kernel, f"auto or torch: {refused}")
+        if kernel == "auto" and refused is not None:
+            gdn_kernel.note_fallback(refused)
+        self.kernel, self.runs_fla = kernel, kernel != "torch" and mode == "chunk" and refused is None
         self.n_heads, self.head_dim, self.head_v_dim = n_heads, head_dim, int(head_dim * expand_v)
         self.chunk_size, self.mode, self.use_gate = chunk_size, mode, use_gate
         key_dim, value_dim = n_heads * head_dim, n_heads * self.head_v_dim
@@ -114,32 +110,70 @@ class GatedDeltaNet(nn.Module):
         return {"A_log", "dt_bias"}
 
     def uses_fla(self, x: Tensor) -> bool:
-        """Whether this input runs flash-linear-attention's kernel (see `kernel`)."""
-        if self.kernel == "fla":
-            if not x.is_cuda:
-                raise RuntimeError("GatedDeltaNet(kernel='fla') runs on CUDA inputs only; kernel=auto falls back "
-                                   "to the PyTorch form on the CPU")
-            return True
-        return self.kernel == "auto" and self.mode == "chunk" and x.is_cuda and self.fla_available
+        """Whether this forward runs flash-linear-attention's kernel (see `kernel` and `runs_fla`)."""
+        if not self.runs_fla or gdn_kernel.reference_form_required():
+            return False
+        if not gdn_kernel.fla_takes(x):
+            if self.kernel == "fla":
+                raise RuntimeError(f"GatedDeltaNet(kernel='fla') runs on {gdn_kernel.FLA_DEVICE} inputs in float32, "
+                                   f"bfloat16 or float16 only (got {x.device.type}, {x.dtype}); kernel=auto falls "
+                                   "back to the PyTorch form")
+            return False
+        return True
+
+    def fla_rule(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        """fla's chunk rule, handed what fla's own GatedDeltaNet layer hands it (fla 0.6.0,
+        fla/layers/gated_deltanet.py): q, k (B, T, H, K) and v (B, T, H, V) as the convolutions give them, the raw
+        projections a and b (B, T, H), all five contiguous and in one dtype (the compute dtype: autocast's under
+        mixed precision, as the projections come out); the kernel takes the L2 norm of q and k, β = sigmoid(b) and
+        g = -exp(A_log) softplus(a + dt_bias) itself, with A_log and dt_bias the parameters as they are."""
+        q, k, v, a, b = (t.to(v.dtype).contiguous() for t in (q, k, v, a, b))
+        o, _ = gdn_kernel.fla_chunk_rule()(q, k, v, a, b, use_qk_l2norm_in_kernel=True,
+                                           use_beta_sigmoid_in_kernel=True, use_gate_in_kernel=True,
+                                           A_log=self.A_log, dt_bias=self.dt_bias)
+        return o
 
     def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         heads = "b t (h d) -> b t h d"
-        q = F.normalize(rearrange(self.q_conv(self.q_proj(x)), heads, h=self.n_heads), dim=-1)
-        k = F.normalize(rearrange(self.k_conv(self.k_proj(x)), heads, h=self.n_heads), dim=-1)
+        q = rearrange(self.q_conv(self.q_proj(x)), heads, h=self.n_heads)
+        k = rearrange(self.k_conv(self.k_proj(x)), heads, h=self.n_heads)
         v = rearrange(self.v_conv(self.v_proj(x)), heads, h=self.n_heads)
-        beta = self.b_proj(x).sigmoid()                                              # (B, T, H)
-        acc = torch.promote_types(x.dtype, torch.float32)                           # decays in float32 at least
-        g = -self.A_log.to(acc).exp() * F.softplus(self.a_proj(x).to(acc) + self.dt_bias.to(acc))  # (B, T, H)
         if self.uses_fla(x):
-            o, _ = fla_chunk_rule()(q, k, v, g, beta)
-        elif self.mode == "chunk":  # a sequence shorter than a chunk is one chunk of its length (no padding)
-            o, _ = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=min(self.chunk_size, x.shape[1]))
+            o = self.fla_rule(q, k, v, self.a_proj(x), self.b_proj(x))
         else:
-            o, _ = recurrent_gated_delta_rule(q, k, v, g, beta)
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            beta = self.b_proj(x).sigmoid()                                          # (B, T, H)
+            acc = torch.promote_types(x.dtype, torch.float32)                       # decays in float32 at least
+            g = -self.A_log.to(acc).exp() * F.softplus(self.a_proj(x).to(acc) + self.dt_bias.to(acc))  # (B, T, H)
+            if self.mode == "chunk":  # a sequence shorter than a chunk is one chunk of its length (no padding)
+                o, _ = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=min(self.chunk_size, x.shape[1]))
+            else:
+                o, _ = recurrent_gated_delta_rule(q, k, v, g, beta)
         o = self.o_norm(o)                                                           # (B, T, H, V)
         if self.g_proj is not None:
             o = o * F.silu(rearrange(self.g_proj(x), heads, h=self.n_heads))
         return self.o_proj(rearrange(o, "b t h d -> b t (h d)")), {}
 
 
-__all__ = ["GatedDeltaNet", "KERNELS", "fla_installed"]
+def kernel_in_use(net: nn.Module, device_type: str, vmapped: bool = False) -> str | None:
+    """One line for the run's start and summary.json: which kernel the net's Gated DeltaNet layers run when it
+    trains on `device_type` (`vmapped`: under torch.func.vmap, as an ensemble), `fla` or `torch (why)`; None for
+    a net without GDN layers."""
+    found = []
+    for layer in (m for m in net.modules() if isinstance(m, GatedDeltaNet)):
+        if layer.kernel == "torch" or layer.mode == "recurrent":
+            line = "torch (kernel=torch)" if layer.kernel == "torch" else "torch (mode=recurrent)"
+        elif not layer.runs_fla:
+            line = f"torch ({gdn_kernel.fla_refusal()})"
+        elif vmapped:
+            line = "torch (under torch.func.vmap, which fla's kernel does not support)"
+        elif device_type != gdn_kernel.FLA_DEVICE:
+            line = f"torch (the run is on {device_type})"
+        else:
+            line = "fla (flash-linear-attention's Triton kernel)"
+        if line not in found:
+            found.append(line)
+    return "; ".join(found) or None
+
+
+__all__ = ["GatedDeltaNet", "KERNELS", "kernel_in_use"]

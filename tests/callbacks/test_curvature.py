@@ -2,6 +2,7 @@
 quadratic, a tiny net through torch.autograd.functional.hessian), the empirical Fisher trace against its closed
 form on a linear-softmax model, the callback on a real module, and real runs through the launcher (with resume)."""
 import math
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -14,9 +15,10 @@ from datamodules.batch import Batch, TaskSpec
 from lightning_modules import TaskModule
 from lightning_modules.answers import task_loss
 from lightning_modules.optimization import AdamWRecipe
-from nets import MLP
+from nets import MLP, MLPFFN, GatedDeltaNet, Transformer
 from runtime.errors import ConfigError
 from tests.conftest import metrics_rows
+from tests.fla_stand_in import force_fla
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -257,6 +259,35 @@ def test_the_callback_measures_the_task_loss_and_leaves_grads_mode_and_rng_alone
         nll = F.cross_entropy(module.net(batch.inputs[i:i + 1]).logits, batch.targets[i])
         per_example.append(sum((g**2).sum() for g in torch.autograd.grad(nll, params)))
     assert values["fisher_trace"] == pytest.approx(float(torch.stack(per_example).mean()), rel=1e-10)
+
+
+def test_a_gdn_net_is_measured_in_the_pytorch_form(monkeypatch, one_thread):
+    """fla's backward is not differentiable (Hessian products would lose GDN's second-order terms) and torch.func
+    refuses its ctx-style Function (the Fisher's vmap of grad). With a stand-in for fla forced on (ctx-style,
+    once-differentiable), the four numbers of a GDN net never enter it and are those of the same net with
+    kernel=torch (float64, the same operations: equal to rounding)."""
+    stand_in = force_fla(monkeypatch)
+    spec = TaskSpec(num_classes=P, vocab_size=P + 1, seq_len=3)
+
+    def gdn_module(kernel):
+        torch.manual_seed(0)
+        net = Transformer(P + 1, P, 3, n_layers=1, d_model=8, mixer=partial(GatedDeltaNet, n_heads=2, kernel=kernel),
+                          ffn=MLPFFN)
+        return TaskModule(net, spec, AdamWRecipe()).double()
+
+    a, b = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+    inputs = torch.stack([a.flatten(), b.flatten(), torch.full((P * P,), P)], 1)
+    targets = ((a + b) % P).flatten()[:, None]
+    batch = Batch(inputs, targets, torch.ones_like(targets, dtype=torch.float64),
+                  torch.ones_like(targets, dtype=torch.bool), torch.zeros(P * P, dtype=torch.long))
+    measured = gdn_module("auto")
+    measured.net(inputs)
+    assert stand_in.calls == 1  # a plain forward of this net runs it
+    callback = Curvature(n_probes=3, power_iters=5, fisher_chunk_size=7)
+    values = callback.compute(measured, batch)
+    assert stand_in.calls == 1
+    assert values == pytest.approx(callback.compute(gdn_module("torch"), batch), rel=1e-9)
+    assert values["hessian_trace"] != 0 and values["fisher_trace"] > 0
 
 
 def test_the_callback_reads_the_task_s_training_examples_and_logs_under_curvature():

@@ -4,16 +4,24 @@ and `hydra/launcher=ensemble` turns a multirun into ensembles whose folders the 
 Tolerance: members and solo runs differ only in float rounding (batched matmuls under vmap, the stacked AdamW
 against torch's fused kernel), so logged losses agree to rel 1e-4 and accuracies to 1e-6 over these short runs.
 """
+from functools import partial
+
 import pytest
 import torch
 
 from analysis import load_sweep
+from datamodules.batch import Batch, TaskSpec
 from ensemble.members import Member
+from ensemble.module import EnsembleModule
 from ensemble.run import run_ensemble
+from lightning_modules.answers import task_loss
+from lightning_modules.optimization import AdamWRecipe
+from nets import MLPFFN, GatedDeltaNet, HybridLM, SoftmaxAttention, Transformer
 from runtime.config.build import build
 from runtime.config.compose import compose_config
 from runtime.errors import ConfigError
 from tests.conftest import SMALL, launch_cli, read_json, reproducible_rows
+from tests.fla_stand_in import force_fla
 
 MLP = ["data.p=23", "data.train_fraction=0.6", "trainer.max_steps=60"]
 TRANSFORMER = ["experiment=transformer_grok_cpu", "data.p=11", "model.d_model=32", "model.n_heads=2",
@@ -96,6 +104,45 @@ def test_a_grokked_member_stops_after_its_patience_while_the_others_go_on(tmp_pa
     # over 1,400 steps rounding differences grow (two solo runs, fused and foreach AdamW, end 1% apart in val
     # loss); the rows, the grokking steps and the ending stay exact
     assert_same_run(grokked, grokked_dir, solo, solo_dir, rel=5e-2, acc=0.02)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "hybrid_lm"])
+def test_a_vmapped_step_of_gdn_nets_never_enters_fla_and_gives_each_member_its_solo_numbers(monkeypatch, one_thread,
+                                                                                          kind):
+    """On a GPU the input under vmap still says is_cuda; fla's Function is ctx-style and torch.func refuses it. With a
+    stand-in for fla forced on (ctx-style too), the ensemble's step (member_step under StackedNets.vmap) must not
+    enter it, and each member's loss and gradient must be those of its net alone in the PyTorch form (float64)."""
+    stand_in = force_fla(monkeypatch)
+    vocab, length = 7, 6
+
+    def gdn_net(seed, kernel):
+        torch.manual_seed(seed)
+        gdn = partial(GatedDeltaNet, n_heads=2, kernel=kernel)
+        if kind == "transformer":
+            return Transformer(vocab, vocab, length, n_layers=1, d_model=8, mixer=gdn, ffn=MLPFFN).double()
+        return HybridLM(vocab, vocab, length, layers=["gdn", "attn"], d_model=8, gdn=gdn,
+                        attn=partial(SoftmaxAttention, n_heads=2)).double()
+
+    nets = [gdn_net(seed, "auto") for seed in range(2)]
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = (torch.randint(0, vocab, (5, length), generator=generator) for _ in range(2))
+    batch = Batch(inputs, targets, torch.ones(5, length, dtype=torch.float64), torch.ones(5, length, dtype=torch.bool),
+                  torch.zeros(5, dtype=torch.long))
+    nets[0](inputs)
+    assert stand_in.calls == 1  # a plain forward of these nets runs it
+    module = EnsembleModule(nets, TaskSpec(num_classes=vocab, vocab_size=vocab, seq_len=length),
+                            [AdamWRecipe()] * 2, [{}, {}], None, [])
+    total, _ = module.stacked.vmap(lambda row, w, b: module.member_step(row, w, b, False), module.reg_weights(),
+                                   batch, in_dims=(0, None))
+    total.sum().backward()
+    assert stand_in.calls == 1
+    for index in range(2):
+        solo = gdn_net(index, "torch")
+        loss = task_loss(solo(inputs), batch)[0]
+        grads = torch.autograd.grad(loss, list(solo.parameters()))
+        torch.testing.assert_close(total[index], loss, rtol=0, atol=1e-12)
+        torch.testing.assert_close(module.stacked.flat.grad[index], torch.cat([g.flatten() for g in grads]),
+                                   rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("override, key", [

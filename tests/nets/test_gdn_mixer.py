@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nets import GatedDeltaNet, InvalidSetting, MLPFFN, Transformer
-from nets.gdn_mixer import fla_installed
+from nets import GatedDeltaNet, InvalidSetting, MLPFFN, Transformer, gdn_kernel
 from nets.short_conv import ShortConvolution
 
 
@@ -137,10 +136,12 @@ def test_bad_setting_in_the_transformer_is_qualified_by_the_slot():
 def test_the_cpu_runs_the_pytorch_form_and_kernel_fla_is_refused_where_it_cannot_run():
     layer = GatedDeltaNet(d_model=8, n_heads=2)  # kernel=auto
     assert not layer.uses_fla(torch.randn(1, 5, 8))  # a CPU input: the reference form, installed or not
-    if fla_installed():
-        with pytest.raises(RuntimeError, match="CUDA inputs only"):
+    refused = gdn_kernel.fla_refusal()
+    if refused is None:  # a GPU machine where fla runs: kernel=fla is built, and refuses a CPU input
+        with pytest.raises(RuntimeError, match="runs on cuda inputs"):
             GatedDeltaNet(d_model=8, n_heads=2, kernel="fla")(torch.randn(1, 5, 8))
     else:
         with pytest.raises(InvalidSetting) as err:
             GatedDeltaNet(d_model=8, n_heads=2, kernel="fla")
-        assert err.value.key == "kernel" and "pip install -e '.[fla]'" in str(err.value)
+        assert err.value.key == "kernel" and str(err.value) == f"kernel='fla' is not allowed: expected auto or " \
+                                                               f"torch: {refused}"
