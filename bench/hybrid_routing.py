@@ -10,7 +10,9 @@ random tokens to softmax (several values: the saving depends on it); `natural` k
 at initialisation (about half).
 
 With `--kernels` (a GPU with the `fla` extra) it first times the static net with Gated DeltaNet's pure-PyTorch
-chunked form against flash-linear-attention's Triton kernel.
+chunked form against flash-linear-attention's Triton kernel. `--set KEY=VALUE` reaches every arm's net (it comes
+after the experiment, before the arm's own settings); a key the bench varies itself (model.routing_mode, and
+model.gdn.kernel with --kernels) is refused. The GDN kernel the arms run is printed at start.
 
     python bench/hybrid_routing.py [--experiment hybrid_dynamic_cpu] [--device cpu|cuda] [--share natural 0.1 0.5]
                                    [--kernels] [--set KEY=VALUE ...]
@@ -28,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodules.batch import TaskSpec  # noqa: E402
+from nets.gdn_kernel import fla_refusal  # noqa: E402
+from nets.gdn_mixer import kernel_in_use  # noqa: E402
 from nets.token_router import Routing, TokenRouter  # noqa: E402
 from runtime.config.build import build_net  # noqa: E402
 from runtime.config.compose import compose_config  # noqa: E402
@@ -47,12 +51,34 @@ def forced_share(share: float, generator: torch.Generator):
     return hook
 
 
-OVERRIDES: list[str] = []  # from the command line, after the experiment (e.g. data.seq_len=1024)
+def arm_settings(layers: list[str], mode: str, kernel: str | None = None) -> dict[str, str]:
+    """What makes an arm: its layer pattern, its routing mode and, when timing the kernels, its GDN kernel."""
+    settings = {"model.layers": f"[{','.join(layers)}]", "model.routing_mode": mode}
+    if kernel is not None:
+        settings["model.gdn.kernel"] = kernel
+    return settings
 
 
-def arm_net(experiment: str, layers: list[str], mode: str, device: str, share: str, kernel: str = "auto"):
-    cfg = compose_config([f"experiment={experiment}", *OVERRIDES, f"model.layers=[{','.join(layers)}]",
-                          f"model.routing_mode={mode}", f"model.gdn.kernel={kernel}"])
+def check_overrides(overrides: list[str], kernels: bool) -> None:
+    """The user's overrides reach every arm; those of a key the bench varies itself would not, so they are
+    refused (model.layers sets the dynamic arm: the static one is the study's baseline)."""
+    varied = {"model.routing_mode": "the bench times dense and sparse routing"}
+    if kernels:
+        varied["model.gdn.kernel"] = "--kernels times the torch and fla kernels"
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in varied:
+            raise SystemExit(f"--set {override} is not allowed: {varied[key]}")
+
+
+def arm_config(experiment: str, overrides: list[str], settings: dict[str, str]):
+    """The arm's config: the experiment, the user's overrides, then the arm's own settings (`arm_settings`), so
+    that everything the user set reaches the net but what the arms differ in."""
+    return compose_config([f"experiment={experiment}", *overrides, *(f"{k}={v}" for k, v in settings.items())])
+
+
+def arm_net(experiment: str, overrides: list[str], settings: dict[str, str], device: str, share: str):
+    cfg = arm_config(experiment, overrides, settings)
     spec = TaskSpec(num_classes=256, vocab_size=256, seq_len=cfg.data.seq_len)
     torch.manual_seed(0)
     net = build_net(cfg.model, spec).to(device)
@@ -132,18 +158,22 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override, e.g. --set data.seq_len=2048 --set data.batch_size=2")
     args = parser.parse_args()
-    OVERRIDES.extend(args.set)
+    check_overrides(args.set, args.kernels)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dynamic = compose_config([f"experiment={args.experiment}", *OVERRIDES])
+    dynamic = compose_config([f"experiment={args.experiment}", *args.set])
     routed = list(dynamic.model.layers)
     dtype = torch.bfloat16 if args.device == "cuda" and "bf16" in str(dynamic.trainer.precision) else None
     print(f"{args.experiment} on {args.device}: d_model {dynamic.model.d_model}, batch {dynamic.data.batch_size} x "
           f"{dynamic.data.seq_len} tokens, {'bf16 autocast' if dtype else 'float32'}; static {STATIC}, dynamic "
           f"{routed}; medians of {args.repeats} alternating repeats of {args.steps} steps")
-    if args.kernels:
-        kernels = {kernel: arm_net(args.experiment, STATIC, "dense", args.device, "natural", kernel)
-                   for kernel in ("torch", "fla")}
+    static_net, static_cfg = arm_net(args.experiment, args.set, arm_settings(STATIC, "dense"), args.device, "natural")
+    print(f"GDN kernel: {kernel_in_use(static_net, torch.device(args.device).type)}")
+    if args.kernels and (refused := fla_refusal()) is not None:
+        print(f"--kernels skipped: {refused}")
+    elif args.kernels:
+        kernels = {kernel: arm_net(args.experiment, args.set, arm_settings(STATIC, "dense", kernel), args.device,
+                                   "natural") for kernel in ("torch", "fla")}
         median = median_rates(kernels, args.device, args.steps, args.warmup, args.repeats, dtype)
         for kernel, (train, infer) in median.items():
             print(f"static net, GDN kernel {kernel:<6}: train {train:,.0f} tok/s, inference {infer:,.0f} tok/s")
@@ -151,11 +181,10 @@ def main() -> None:
               f"inference {median['fla'][1] / median['torch'][1]:.2f}")
     print(f"{'arm':<16}{'share to softmax':>18}{'train tok/s':>14}{'infer tok/s':>14}{'train / static':>16}"
           f"{'infer / static':>16}")
-    static_net, static_cfg = arm_net(args.experiment, STATIC, "dense", args.device, "natural")
     for share in args.share:
         arms = {"static": (static_net, static_cfg)}
         for mode in ("dense", "sparse"):
-            arms[mode] = arm_net(args.experiment, routed, mode, args.device, share)
+            arms[mode] = arm_net(args.experiment, args.set, arm_settings(routed, mode), args.device, share)
         median = median_rates(arms, args.device, args.steps, args.warmup, args.repeats, dtype)
         probe = torch.randint(0, 256, (static_cfg.data.batch_size, static_cfg.data.seq_len), device=args.device)
         for name, (train, infer) in median.items():

@@ -86,3 +86,26 @@ def test_compare_puts_static_and_dynamic_side_by_side(runs, tmp_path):
     assert float(dynamic["train_tokens_per_s"]) > 0 and int(static["parameters"]) > 0
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
     assert "| hybrid_static_cpu" in printed.getvalue()
+
+
+def test_the_bench_hands_the_users_overrides_to_every_arm():
+    """`bench/hybrid_routing.py --set model.gdn.kernel=torch` once still ran fla: the bench's own kernel setting came
+    after the user's overrides. Every arm's net carries what the user set; the arms differ only in their layers and
+    routing mode (and, with --kernels, the kernel), and overriding those is refused."""
+    from bench.hybrid_routing import STATIC, arm_config, arm_net, arm_settings, check_overrides
+    from nets import GatedDeltaNet
+
+    user = ["model.gdn.kernel=torch", "model.d_model=32", "model.n_heads=2", "model.gdn.conv_size=2"]
+    for layers, mode in ((STATIC, "dense"), (["gdn", "routed", "attn"], "sparse")):
+        net, cfg = arm_net("hybrid_dynamic_cpu", user, arm_settings(layers, mode), "cpu", "natural")
+        gdn_layers = [m for m in net.modules() if isinstance(m, GatedDeltaNet)]
+        assert len(gdn_layers) == layers.count("gdn") + layers.count("routed")
+        assert all(m.kernel == "torch" and not m.runs_fla and m.q_conv.conv.kernel_size == (2,) for m in gdn_layers)
+        assert (cfg.model.d_model, list(cfg.model.layers), cfg.model.routing_mode) == (32, layers, mode)
+    timed = arm_config("hybrid_dynamic_cpu", ["model.d_model=32"], arm_settings(STATIC, "dense", "fla"))
+    assert timed.model.gdn.kernel == "fla" and timed.model.d_model == 32
+    with pytest.raises(SystemExit, match=r"^--set model.routing_mode=sparse is not allowed: the bench times dense"):
+        check_overrides(["model.d_model=32", "model.routing_mode=sparse"], kernels=False)
+    with pytest.raises(SystemExit, match=r"^--set model.gdn.kernel=torch is not allowed: --kernels times"):
+        check_overrides(["model.gdn.kernel=torch"], kernels=True)
+    check_overrides(["model.gdn.kernel=torch", "model.layers=[gdn,routed]"], kernels=False)  # these reach the arms
