@@ -18,6 +18,7 @@ from callbacks.grokking_time import task_loss_bounds
 from ensemble.members import Member, check_supported
 from ensemble.module import EnsembleModule
 from lightning_modules.regularizers import Regularizer
+from nets.gdn_mixer import kernel_in_use
 from runtime.config.build import build, build_net, configure_torch
 from runtime.config.checks import check_run_settings
 from runtime.errors import ConfigError
@@ -82,6 +83,9 @@ def run_ensemble(members: Sequence[Member], callbacks: Sequence[Callback] = ()) 
         else:
             settings["enable_progress_bar"] = False
         trainer = build(cfg.trainer, "trainer", **settings)
+        if (kernel := kernel_in_use(nets[0], trainer.strategy.root_device.type, vmapped=True)) is not None:
+            for member in members:
+                member.summary["gdn_kernel"] = kernel
         if trainer.strategy.root_device.type == "cpu":
             print("[grokking-lab] note: on a CPU an ensemble is no faster than its runs one after another "
                   "(measured 0.5x for mlp_grok); hydra/launcher=local_parallel suits CPUs", flush=True)

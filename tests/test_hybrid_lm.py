@@ -67,6 +67,16 @@ def test_a_routed_run_logs_its_routing_and_draws_it(runs):
     assert "token_routing: stands aside" not in printed
 
 
+def test_each_run_says_once_which_gdn_kernel_ran(runs):
+    from nets.gdn_kernel import fla_refusal
+
+    refused = fla_refusal()  # on a CPU: fla not installed, or no CUDA device
+    expected = f"torch ({refused})" if refused is not None else "torch (the run is on cpu)"
+    for summary, _, printed in runs.values():
+        assert summary["gdn_kernel"] == expected
+        assert printed.count("GDN kernel:") == 1 and f"[grokking-lab] GDN kernel: {expected}\n" in printed
+
+
 def test_the_static_run_stands_the_routing_diagnostic_aside(runs):
     assert "token_routing: stands aside (the net has no routed layers" in runs["static"][2]
 

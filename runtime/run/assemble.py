@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks import GrokkingTime, RunCheckpoint
 from lightning_modules.answers import metric_names
+from nets.gdn_mixer import kernel_in_use
 from runtime.config.build import build, build_net, configure_torch
 from runtime.config.checks import check_run_settings
 from runtime.errors import require
@@ -27,12 +28,12 @@ class RunParts:
     trainer: pl.Trainer
     loggers: list = field(default_factory=list)
     grok: GrokkingTime | None = None
-    facts: dict[str, Any] = field(default_factory=dict)  # for summary.json: init fingerprint, device, W&B run
+    facts: dict[str, Any] = field(default_factory=dict)  # for summary.json: init fingerprint, device, GDN kernel, W&B
 
 
 def assemble(cfg: DictConfig, out: Path, ckpt_path: str | None, say: Callable[[str], None]) -> RunParts:
     """Build everything a run needs, checking settings first and a checkpoint to resume from against the model;
-    `say` prints the net's size."""
+    `say` prints the net's size (and which Gated DeltaNet kernel runs, for a net with GDN layers)."""
     check_run_settings(cfg)
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None
     start_step = checkpoint["global_step"] if checkpoint else 0
@@ -74,6 +75,9 @@ def assemble(cfg: DictConfig, out: Path, ckpt_path: str | None, say: Callable[[s
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                     default_root_dir=str(out), **({"gradient_clip_val": None} if graphed else {}))
     facts["device"] = str(trainer.strategy.root_device)
+    if (kernel := kernel_in_use(net, trainer.strategy.root_device.type)) is not None:  # which GDN kernel runs
+        say(f"GDN kernel: {kernel}")
+        facts["gdn_kernel"] = kernel
     if callable(describe := getattr(datamodule, "corpus_info", None)):  # which text a language model trained on
         facts["corpus"] = describe().as_dict()
     for logger in loggers:
