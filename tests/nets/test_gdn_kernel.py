@@ -78,8 +78,8 @@ def test_the_layer_decides_when_built_and_notes_a_gpu_fallback_once(monkeypatch,
     expected = "fla (flash-linear-attention's Triton kernel)" if refused is None else f"torch ({refused})"
     assert kernel_in_use(net, "cuda") == expected
     assert kernel_in_use(net, "cpu") == (f"torch ({refused})" if refused else "torch (the run is on cpu)")
-    assert kernel_in_use(net, "cuda", vmapped=True) == (  # an ensemble
-        "torch (under torch.func.vmap, which fla's kernel does not support)" if refused is None else f"torch ({refused})")
+    vmapped = "torch (under torch.func.vmap, which fla's kernel does not support)"  # an ensemble's
+    assert kernel_in_use(net, "cuda", vmapped=True) == (vmapped if refused is None else f"torch ({refused})")
 
 
 def test_kernel_torch_reads_no_machine_facts(monkeypatch):
