@@ -447,3 +447,11 @@ def test_the_benchs_paper_arms_compose_to_the_papers_filters_and_l2():
     assert (plain.lamb, plain.l2) == (0.0, 0.005)
     assert grokfast("ema", "0.005").l2 == 0.005 and grokfast("none", "0") is None
 
+
+def test_under_bf16_with_clipping_the_raw_gradient_is_clipped_with_the_fused_adamw_kept(run_config):
+    # bf16-mixed keeps the fused AdamW (no loss scaler); Lightning's mixed-precision plugin refuses to clip that
+    # optimiser, so the callback clips through the module, which clips it itself
+    summary, run_dir = run_config([GROKFAST_EMA, "trainer.precision=bf16-mixed", "trainer.max_steps=5"])
+    assert summary["status"] == "completed", summary.get("error")
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"]
