@@ -29,6 +29,10 @@ own step, after the filter, so that combination is refused at fit start. Gradien
 accumulated gradient, once per optimiser step.
 
 Memory: ema keeps one copy of every parameter, ma keeps w copies (the window).
+
+No host reads in a step: whether the gradients are finite is a device flag that selects, element by element,
+between the filtered and the raw gradient and between the new and the old filter state; the MA window is a ring
+written one row a step, with a running sum (`GradientWindow`), not the whole window copied and averaged.
 """
 from __future__ import annotations
 
@@ -53,15 +57,111 @@ def ema_filter(grad: Tensor, avg: Tensor, alpha: float, lamb: float) -> tuple[Te
     return grad + lamb * avg, avg
 
 
-def ma_filter(grad: Tensor, window: Tensor, window_size: int, lamb: float, warmup: bool = True
-              ) -> tuple[Tensor, Tensor]:
-    """One moving-average step: push g into the window (k, *shape), oldest first, keeping the last
-    `window_size`; return (ĝ, window) with ĝ = g + λ·mean(window), or ĝ = g while the window is not yet full and
-    `warmup` is on. Returns new tensors; the inputs are untouched."""
-    window = torch.cat([window, grad[None]])[-window_size:]  # (min(k+1, w), *shape)
-    if warmup and len(window) < window_size:
-        return grad.clone(), window
-    return grad + lamb * window.mean(dim=0), window
+class GradientEMA:
+    """One parameter's EMA h and how many gradients it has taken in, as a device count: a step is then skipped by
+    a device flag (`keep`), and `from_first` starts h at the first gradient kept (the reference code's h_0 = g_1)
+    without a host read."""
+
+    def __init__(self, like: Tensor, from_first: bool):
+        self.avg, self.from_first = torch.zeros_like(like), from_first
+        self.count = torch.zeros((), dtype=torch.long, device=like.device)
+
+    def step(self, grad: Tensor, alpha: float, lamb: float, keep: Tensor | None = None) -> Tensor:
+        """ĝ = g + λ·h after h moves by one EMA step; `keep` False leaves h as it was. `grad` is untouched."""
+        previous = torch.where(self.count > 0, self.avg, grad) if self.from_first else self.avg
+        filtered, avg = ema_filter(grad, previous, alpha, lamb)
+        self.avg = avg if keep is None else torch.where(keep, avg, self.avg)
+        self.count += 1 if keep is None else keep.long()
+        return filtered
+
+    def to(self, device: torch.device) -> "GradientEMA":
+        self.avg, self.count = self.avg.to(device), self.count.to(device)
+        return self
+
+    @classmethod
+    def restore(cls, avg: Tensor, from_first: bool) -> "GradientEMA":
+        ema = cls(avg, from_first)
+        ema.avg = avg.clone()
+        ema.count.fill_(1)
+        return ema
+
+
+class GradientWindow:
+    """The last `size` raw gradients of one parameter, the MA filter's window, as a ring: a step writes one row in
+    place and moves a running sum by (new - oldest), where copying and averaging the whole window would read w
+    copies of the parameter a step. The sum is recomputed from the rows every `size` pushes, so rounding cannot
+    build up over a long run: the mean equals the window's to float rounding. The count of gradients held is a
+    device tensor, so a push can be made conditional on a device flag (`keep`) without a host read."""
+
+    def __init__(self, like: Tensor, size: int):
+        self.size = size
+        self.rows = like.new_zeros((size, *like.shape))
+        self.total = torch.zeros_like(like)
+        self.count = torch.zeros((), dtype=torch.long, device=like.device)  # gradients pushed (and kept)
+        self.pushes = 0  # pushes since the sum was recomputed from the rows (a host count: no read needed)
+
+    def push(self, grad: Tensor, keep: Tensor | None = None) -> None:
+        """Write `grad` over the oldest row (or into the next empty one); with `keep` (0-dim bool) False, nothing
+        changes."""
+        slot = (self.count % self.size).reshape(1)
+        oldest = self.rows.index_select(0, slot)[0]
+        new = grad if keep is None else torch.where(keep, grad, oldest)
+        self.rows.index_copy_(0, slot, new[None])
+        self.pushes += 1
+        if self.pushes == self.size:
+            self.total, self.pushes = self.rows.sum(0), 0
+        else:
+            self.total.add_(new - oldest)
+        self.count += 1 if keep is None else keep.long()
+
+    def mean(self) -> Tensor:
+        """The mean of the gradients held (of none: 0)."""
+        return self.total / self.count.clamp(1, self.size)
+
+    def full(self) -> Tensor:
+        return self.count >= self.size
+
+    def to(self, device: torch.device) -> "GradientWindow":
+        self.rows, self.total, self.count = (t.to(device) for t in (self.rows, self.total, self.count))
+        return self
+
+    def ordered(self) -> Tensor:
+        """The gradients held, oldest first, (min(count, size), *shape): one host read (checkpoints only)."""
+        count = int(self.count)
+        return self.rows[:count].clone() if count < self.size else self.rows.roll(-(count % self.size), 0).clone()
+
+    def running(self) -> dict[str, Any]:
+        """What `ordered()` leaves out, so that a restored window continues bit for bit."""
+        return {"size": self.size, "count": int(self.count), "total": self.total.clone(), "pushes": self.pushes}
+
+    @classmethod
+    def restore(cls, ordered: Tensor, size: int, running: dict[str, Any] | None = None) -> "GradientWindow":
+        """The window of `ordered` (oldest first, as `ordered()` gives; also the earlier code's checkpoints);
+        with the `running()` record of a window of the same size, exactly as it was, else its sum recomputed."""
+        ordered = ordered[-size:]
+        window = cls(ordered.new_zeros(ordered.shape[1:]), size)
+        exact = running is not None and running["size"] == size
+        count = running["count"] if exact else len(ordered)
+        if count < size:
+            window.rows[:count] = ordered
+        else:
+            window.rows.copy_(ordered.roll(count % size, 0))
+        window.count.fill_(count)
+        if exact:
+            window.total, window.pushes = running["total"].clone(), running["pushes"]
+        else:
+            window.total = window.rows.sum(0)
+        return window
+
+
+def ma_filter(grad: Tensor, window: GradientWindow, lamb: float, warmup: bool = True,
+              keep: Tensor | None = None) -> Tensor:
+    """One moving-average step: push g into the window, then ĝ = g + λ·mean(window), or ĝ = g while the window
+    is not yet full and `warmup` is on. `keep` (0-dim bool): False leaves the window as it was. `grad` is
+    untouched."""
+    window.push(grad, keep)
+    filtered = grad + lamb * window.mean()
+    return torch.where(window.full(), filtered, grad) if warmup else filtered
 
 
 class Grokfast(Callback):
@@ -101,23 +201,20 @@ class Grokfast(Callback):
                 "a finite number >= 0")
         self.filter, self.alpha, self.lamb = filter, float(alpha), float(lamb)
         self.window_size, self.warmup, self.ema_init, self.l2 = window_size, warmup, ema_init, float(l2)
-        self.state: dict[str, Tensor] = {}  # parameter name -> EMA h (shape of the parameter) or MA window (k, *shape)
+        self.state: dict[str, GradientEMA | GradientWindow] = {}  # parameter name -> its filter state
         self.clip: tuple[float, GradClipAlgorithmType] | None = None  # taken from the trainer for the fit
 
-    def _initial_state(self, grad: Tensor) -> Tensor:
-        if self.filter == "ma":
-            return grad.new_empty((0, *grad.shape))
-        return grad.clone() if self.ema_init == "first" else torch.zeros_like(grad)
-
-    def filter_gradient(self, name: str, grad: Tensor) -> Tensor:
-        """ĝ for parameter `name`, advancing its filter state by one step."""
+    def filter_gradient(self, name: str, grad: Tensor, keep: Tensor | None = None) -> Tensor:
+        """ĝ for parameter `name`, advancing its filter state by one step (unless `keep`, a 0-dim bool, is False)."""
         state = self.state.get(name)
-        state = self._initial_state(grad) if state is None else state.to(grad)
+        if state is None:
+            state = self.state[name] = (GradientWindow(grad, self.window_size) if self.filter == "ma"
+                                        else GradientEMA(grad, self.ema_init == "first"))
+        elif state.count.device != grad.device:  # restored from a checkpoint on the host: moved once
+            state.to(grad.device)
         if self.filter == "ema":
-            filtered, self.state[name] = ema_filter(grad, state, self.alpha, self.lamb)
-        else:
-            filtered, self.state[name] = ma_filter(grad, state, self.window_size, self.lamb, self.warmup)
-        return filtered
+            return state.step(grad, self.alpha, self.lamb, keep)
+        return ma_filter(grad, state, self.lamb, self.warmup, keep)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Take the trainer's clipping over, so that it acts before the filter (after configure_optimizers,
@@ -136,24 +233,38 @@ class Grokfast(Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        if self.clip is not None:
-            trainer.precision_plugin.clip_gradients(optimizer, *self.clip)
+        if self.clip is not None:  # the module's own clipping (a TaskModule clips a fused optimiser itself)
+            pl_module.configure_gradient_clipping(optimizer, *self.clip)
         stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}  # this optimiser's only
         named = [(name, p) for name, p in pl_module.named_parameters() if id(p) in stepped and p.grad is not None]
         if not named:
             return
+        # AMP skips a step with a non-finite gradient: the filter state then stays as it was. A device flag, so
+        # the host never waits for the GPU to know it.
         finite = torch.stack([torch.isfinite(p.grad).all() for _, p in named]).all()
-        if not bool(finite):  # AMP will skip this step: keep the filter state as it was
-            return
         with torch.no_grad():
             for name, p in named:
-                filtered = self.filter_gradient(name, p.grad)
-                p.grad.copy_(filtered + self.l2 * p if self.l2 else filtered)
+                filtered = self.filter_gradient(name, p.grad, finite)
+                if self.l2:
+                    filtered = filtered + self.l2 * p
+                p.grad.copy_(torch.where(finite, filtered, p.grad))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"filter": self.filter, "state": {name: t.detach().clone() for name, t in self.state.items()}}
+        """The EMA h, or the MA window oldest first, of every parameter that has taken in a gradient (one host
+        read each: checkpoints only); for MA also what restores the ring exactly."""
+        held = {name: state for name, state in self.state.items() if int(state.count) > 0}
+        if self.filter == "ema":
+            return {"filter": self.filter, "state": {name: state.avg.detach().clone() for name, state in held.items()}}
+        return {"filter": self.filter, "state": {name: state.ordered() for name, state in held.items()},
+                "running": {name: state.running() for name, state in held.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         require(state_dict["filter"] == self.filter, "filter", self.filter,
                 f"the filter the checkpoint was trained with ({state_dict['filter']})")
-        self.state = dict(state_dict["state"])
+        if self.filter == "ema":
+            self.state = {name: GradientEMA.restore(avg, self.ema_init == "first")
+                          for name, avg in state_dict["state"].items()}
+        else:
+            running = state_dict.get("running", {})
+            self.state = {name: GradientWindow.restore(window, self.window_size, running.get(name))
+                          for name, window in state_dict["state"].items()}

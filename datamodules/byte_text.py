@@ -41,7 +41,7 @@ from datamodules.batch import Batch, TaskSpec
 from datamodules.byte_tokenizer import VOCAB_SIZE, decode
 from datamodules.digit_addition import is_int, mix_seed
 from datamodules.in_memory import InMemoryTask
-from datamodules.loaders import take
+from datamodules.loaders import generator_on, take
 from runtime.errors import ConfigError, require
 
 BUNDLED = "pydoc_data"
@@ -84,19 +84,18 @@ def read_corpus(path: str | os.PathLike | None) -> tuple[bytes, CorpusInfo]:
     return data, CorpusInfo(name, len(data), hashlib.sha256(data).hexdigest()[:16], version)
 
 
-def evenly_spaced_starts(size: int, length: int, count: int) -> Tensor:
+def evenly_spaced_starts(size: int, length: int, count: int, device: torch.device | None = None) -> Tensor:
     """Starts of min(count, size // length) non-overlapping windows of `length` in `size` bytes, evenly spaced from
     the first byte to the last window that fits (consecutive starts differ by >= (size - length) // (count - 1),
     which is >= length when count <= size // length)."""
     count = min(count, size // length)
     if count <= 0:
-        return torch.empty(0, dtype=torch.long)
-    return torch.arange(count, dtype=torch.long) * (size - length) // max(count - 1, 1)
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.arange(count, dtype=torch.long, device=device) * (size - length) // max(count - 1, 1)
 
 
 def windows(data: Tensor, starts: Tensor, seq_len: int) -> Batch:
-    """The batch of the windows of `seq_len + 1` bytes of `data` at `starts` (on `data`'s device)."""
-    starts = starts.to(data.device)
+    """The batch of the windows of `seq_len + 1` bytes of `data` at `starts` (both on one device)."""
     index = starts[:, None] + torch.arange(seq_len + 1, device=data.device)
     window = data[index].long()
     n = len(starts)
@@ -187,7 +186,7 @@ class ByteText(InMemoryTask):
 
     def _fixed_windows(self, split: str, count: int) -> Batch:
         data = self.split_bytes(split)
-        return windows(data, evenly_spaced_starts(len(data), self.seq_len + 1, count), self.seq_len)
+        return windows(data, evenly_spaced_starts(len(data), self.seq_len + 1, count, data.device), self.seq_len)
 
     def train_dataloader(self) -> "TrainWindows":
         # Lightning asks for it after restoring a checkpoint, so global_step is the step to resume from
@@ -227,7 +226,8 @@ class ByteText(InMemoryTask):
 
 class TrainWindows:
     """Endless batches of `batch_size` windows at random starts in `data`; step k's starts depend on
-    (shuffle_seed, k) only (drawn on the CPU, the same on every process), under DDP each process its share."""
+    (shuffle_seed, k) only (drawn on the data's device, so nothing is copied from the host; the same on every
+    process), under DDP each process its share."""
 
     full_batch = False  # every step is a new sample (there is no whole split to serve)
 
@@ -238,9 +238,11 @@ class TrainWindows:
         self.rank, self.world_size = rank, world_size
 
     def starts(self, step: int) -> Tensor:
-        """(batch_size,) the window starts of batch `step`, uniform over every window of the split (CPU)."""
-        generator = torch.Generator().manual_seed(mix_seed(self.shuffle_seed, step))
-        return torch.randint(0, len(self.data) - self.seq_len, (self.batch_size,), generator=generator)
+        """(batch_size,) the window starts of batch `step`, uniform over every window of the split (on the data's
+        device)."""
+        device = self.data.device
+        return torch.randint(0, len(self.data) - self.seq_len, (self.batch_size,), device=device,
+                             generator=generator_on(device, mix_seed(self.shuffle_seed, step)))
 
     def __iter__(self) -> Iterator[Batch]:
         step = self.first_step

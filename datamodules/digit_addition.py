@@ -36,7 +36,7 @@ from torch import Tensor
 
 from datamodules.batch import Batch, TaskSpec
 from datamodules.in_memory import InMemoryTask
-from datamodules.loaders import shard, take
+from datamodules.loaders import shard, take, to_device
 from datamodules.splits import check_fractions
 from runtime.errors import require
 
@@ -246,7 +246,9 @@ class ReversedDigitAddition(InMemoryTask):
 
 class FreshTrainBatches:
     """Endless batches of fresh numbers drawn uniformly (with replacement) from 0..10^n - 1 less `excluded` and
-    chains >= `max_chain`. Batch k depends on (shuffle_seed, k) only, so a resumed run sees the same batches."""
+    chains >= `max_chain`. Batch k depends on (shuffle_seed, k) only, so a resumed run sees the same batches.
+    They are drawn on the host (rejection keeps a varying number of draws, which on a GPU the host would have to
+    read back) and handed to the device without the host waiting for it (`loaders.to_device`)."""
 
     def __init__(self, n_digits: int, k: int, excluded: Tensor, max_chain: int | None, batch_size: int,
                  shuffle_seed: int, device: torch.device, first_step: int = 0, rank: int = 0, world_size: int = 1):
@@ -270,6 +272,6 @@ class FreshTrainBatches:
     def __iter__(self) -> Iterator[Batch]:
         step = self.first_step
         while True:
-            batch = encode(self.numbers(step).to(self.device), self.n_digits, self.k)
+            batch = encode(to_device(self.numbers(step), self.device), self.n_digits, self.k)
             yield shard(batch, self.rank, self.world_size)
             step += 1

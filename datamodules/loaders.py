@@ -14,6 +14,22 @@ import torch
 from datamodules.batch import Batch
 
 
+def generator_on(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on the training device for one batch's draws: what is drawn there needs no copy from the host,
+    which on a GPU would make the host wait every step. A CPU draws what a CPU generator always drew; a GPU draws
+    its own stream, the same on every GPU (so every process of a data-parallel run draws the same)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor built on the host, on `device` without making the host wait: on a GPU it is copied from pinned
+    memory asynchronously (as a DataLoader with `pin_memory` hands its batches over), ordered before every kernel
+    that reads it."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def take(batch: Batch, index: torch.Tensor) -> Batch:
     return Batch(*(t[index] for t in batch))
 
@@ -46,8 +62,9 @@ class TrainBatches:
             else:
                 epoch, i = divmod(step, per_epoch)
                 if epoch != order_epoch:
-                    generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + epoch)
-                    order, order_epoch = torch.randperm(n, generator=generator).to(self.data.targets.device), epoch
+                    device = self.data.targets.device
+                    generator = generator_on(device, self.shuffle_seed * 1_000_003 + epoch)
+                    order, order_epoch = torch.randperm(n, generator=generator, device=device), epoch
                 batch = take(self.data, order[i * self.batch_size : (i + 1) * self.batch_size])
             yield shard(batch, self.rank, self.world_size)
             step += 1

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lightning_modules.regularizers import Regularizer
 from lightning_modules.routing_regularizers import check_where, select
+from nets.moe import assignment_counts
 from nets.output import NetOutput
 
 
@@ -26,7 +27,7 @@ def expert_balance(probs: Tensor, expert_index: Tensor) -> Tensor:
     """probs (..., E), expert_index (..., k) -> E * sum_i f_i P_i (0-dim)."""
     probs = rearrange(probs, "... e -> (...) e").float()
     n_tokens, n_experts = probs.shape
-    counts = torch.bincount(expert_index.reshape(-1), minlength=n_experts)  # (E,)
+    counts = assignment_counts(expert_index, n_experts)  # (E,), on the device, also under vmap
     fraction = counts.to(probs.dtype) / n_tokens  # f_i, sums to k
     return n_experts * (fraction * probs.mean(0)).sum()
 

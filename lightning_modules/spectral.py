@@ -29,19 +29,24 @@ from nets.output import NetOutput
 from runtime.errors import ConfigError, require
 
 
-def frequency_weights(p: int) -> Tensor:
-    """w(k1, k2) on the (p, p) DFT grid, as in the module docstring."""
-    k = torch.arange(p)
+def frequency_weights(p: int, device: torch.device | str | None = None) -> Tensor:
+    """w(k1, k2) on the (p, p) DFT grid, as in the module docstring, built on `device` (no copy from the host)."""
+    k = torch.arange(p, device=device)
     k = torch.minimum(k, p - k).float()
     m = (p - 1) // 2
     return (k[:, None] ** 2 + k[None, :] ** 2) / (2 * m**2)
 
 
-def spectral_term(logits: Tensor, p: int) -> Tensor:
-    """logits: (p * p, C) in a-major order -> the mean squared frequency of the centred logits."""
+def spectral_term(logits: Tensor, p: int, weights: Tensor | None = None) -> Tensor:
+    """logits: (p * p, C) in a-major order -> the mean squared frequency of the centred logits. `weights`:
+    `frequency_weights(p)` on the logits' device (built here when not given).
+
+    The spectrum is taken in float32 at least: under bf16 autocast the logits are bf16, which CUDA's FFT refuses
+    (and whose energies would be rounded to 3 digits)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     centred = logits - logits.mean(-1, keepdim=True)
     energy = torch.fft.fft2(rearrange(centred, "(a b) c -> c a b", a=p)).abs().square().sum(0)  # (p, p)
-    weights = frequency_weights(p).to(energy.device)
+    weights = frequency_weights(p, energy.device) if weights is None else weights
     return (weights * energy).sum() / energy.sum().clamp_min(1e-12)
 
 
@@ -61,7 +66,7 @@ class SpectralPenalty(Regularizer):
         require(len(ops) == 1 and ops[0] != "div", "data.operations", ops,
                 "one operation defined for every (a, b) (not div) for the spectral penalty")
         self.module, self.p = module, structure.p
-        self.grid = structure.grid
+        self.grid, self.weights = structure.grid, frequency_weights(structure.p, structure.grid.inputs.device)
         # one answer token per equation, the same column in every row: read by index (a CUDA graph can capture it)
         answer_mask = self.grid.answer_mask
         self.answer_from_end = answer_mask.shape[1] - int(answer_columns(answer_mask)[0])
@@ -69,9 +74,10 @@ class SpectralPenalty(Regularizer):
     def term(self, output: NetOutput) -> Tensor:
         require(self.module is not None, "regularizer.spectral", "unbound", "a penalty bound by the module at fit start")
         grid = self.grid
-        if grid.inputs.device != self.module.device:
+        if grid.inputs.device != self.module.device:  # the first step: the grid and the weights, once per device
             self.grid = grid = type(grid)(*(t.to(self.module.device) for t in grid))
+            self.weights = frequency_weights(self.p, self.module.device)
         logits = self.module.net(grid.inputs).logits
         if logits.ndim == 3:  # a sequence net: the answer position's logits
             logits = logits[:, -self.answer_from_end]
-        return spectral_term(logits, self.p)  # logits: (p * p, classes), a-major
+        return spectral_term(logits, self.p, self.weights)  # logits: (p * p, classes), a-major

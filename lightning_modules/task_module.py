@@ -14,6 +14,7 @@ from typing import Iterable, Mapping
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor, nn
 
 from datamodules.batch import Batch, TaskSpec
@@ -172,12 +173,26 @@ class TaskModule(pl.LightningModule):
         self._eval_step("test", batch)
 
     def configure_optimizers(self):
-        # Lightning's mixed-precision plugin refuses to clip the gradients of an optimiser that unscales them
-        # itself (a fused one): there, the torch default (foreach) AdamW is used, with a per-step NaN check
-        mixed_and_clipped = "mixed" in str(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
+        # Under a loss scaler (16-mixed) Lightning unscales the gradients before it clips them, which an optimiser
+        # that unscales inside its own step (a fused one) does not allow: there the torch default (foreach) AdamW
+        # is used, with a per-step NaN check. Without a scaler (32-bit, bf16-mixed) the module clips itself
+        # (configure_gradient_clipping) and keeps the fused AdamW.
+        scaled_and_clipped = has_scaler(self.trainer) and bool(self.trainer.gradient_clip_val)
         optimizer, scheduler = self.recipe.build(self.net, graphed=self.cuda_graph,
-                                                 fused=False if mixed_and_clipped else None)
+                                                 fused=False if scaled_and_clipped else None)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        """Clip as Lightning would, but without its mixed-precision plugin's refusal to clip a fused optimiser,
+        which only matters when a scaler has scaled the gradients (then Lightning's own path is taken)."""
+        if not gradient_clip_val or has_scaler(self.trainer):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if GradClipAlgorithmType(gradient_clip_algorithm or "norm") == GradClipAlgorithmType.VALUE:
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, float]:
@@ -194,6 +209,11 @@ class TaskModule(pl.LightningModule):
         finally:
             self.train(was_training)
         return {name: value.item() for name, value in metrics.compute().items()}
+
+
+def has_scaler(trainer: pl.Trainer) -> bool:
+    """True under 16-mixed, whose loss scaler scales the gradients until the optimiser step."""
+    return getattr(trainer.precision_plugin, "scaler", None) is not None
 
 
 def router_layer(key: str, index: int) -> str:

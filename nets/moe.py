@@ -119,18 +119,16 @@ class MoEFFN(nn.Module):
         n, k = expert_index.shape
         expert_of = expert_index.reshape(-1)  # (n k,)
         order = torch.argsort(expert_of, stable=True)  # grouped by expert, in token order within each group
-        counts = torch.bincount(expert_of, minlength=self.n_experts)  # (E,)
+        counts = assignment_counts(expert_of, self.n_experts)  # (E,)
+        sizes = counts.tolist()  # the one host read: the experts' shares of the tokens are the matmuls' shapes
         capacity = self.capacity(n)
         if capacity is None:
             dropped = tokens.new_zeros((), dtype=torch.float32)
-        else:
-            first = counts.cumsum(0) - counts  # where each expert's group starts in `order`
-            rank = torch.arange(n * k, device=tokens.device) - first[expert_of[order]]  # place in its group
-            kept = rank < capacity
-            order, counts = order[kept], counts.clamp(max=capacity)
-            dropped = (n * k - kept.sum()) / max(n * k, 1)
+        else:  # each expert keeps the first `capacity` of its group
+            order = torch.cat([group[:capacity] for group in order.split(sizes)])
+            dropped = (n * k - counts.clamp(max=capacity).sum()) / max(n * k, 1)
+            sizes = [min(size, capacity) for size in sizes]
         token_of = order // k  # (kept,)
-        sizes = counts.tolist()
         outputs = [expert(rows)[0] for expert, rows in zip(self.experts, tokens[token_of].split(sizes))]
         scaled = torch.cat(outputs) * weights.reshape(-1)[order].unsqueeze(-1)  # (kept, D)
         out = torch.zeros_like(tokens)
@@ -141,6 +139,14 @@ class MoEFFN(nn.Module):
         return {"router.weight"}
 
 
+def assignment_counts(expert_index: Tensor, n_experts: int) -> Tensor:
+    """How many of the choices in `expert_index` (any shape) went to each expert, (E,) int64. Counted on the
+    device by a scatter: `torch.bincount` reads its input's maximum on the host (a GPU sync), fails inside a
+    captured graph, and under vmap runs member by member."""
+    flat = expert_index.reshape(-1)
+    return flat.new_zeros(n_experts).scatter_add(0, flat, torch.ones_like(flat))
+
+
 def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -149,4 +155,4 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-__all__ = ["MATCHES", "MoEFFN"]
+__all__ = ["MATCHES", "MoEFFN", "assignment_counts"]

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from callbacks.grokfast import Grokfast, ema_filter, ma_filter
+from callbacks.grokfast import GradientWindow, Grokfast, ema_filter, ma_filter
 from runtime.errors import ConfigError
 from tests.conftest import assert_resume_ends_as_straight_run
 
@@ -58,41 +58,122 @@ def test_ema_started_from_the_first_gradient_is_at_1_plus_lambda_at_once():
 
 
 def test_filters_leave_their_inputs_untouched():
-    g, h, window = G.clone(), torch.ones(3), torch.zeros(2, 3)
+    # the MA window is a ring written in place (its state); the gradient itself is never touched
+    g, h, window = G.clone(), torch.ones(3), GradientWindow(G, 3)
     ema_filter(g, h, 0.9, 2.0)
-    ma_filter(g, window, 3, 5.0)
-    assert torch.equal(g, G) and torch.equal(h, torch.ones(3)) and torch.equal(window, torch.zeros(2, 3))
+    ma_filter(g, window, 5.0)
+    assert torch.equal(g, G) and torch.equal(h, torch.ones(3))
 
 
 def test_ma_on_a_constant_gradient_waits_for_a_full_window_then_gives_1_plus_lambda():
     w, lamb = 5, 5.0
-    window, outputs = G.new_empty((0, 3)), []
+    window, outputs = GradientWindow(G, w), []
     for _ in range(8):
-        out, window = ma_filter(G, window, w, lamb, warmup=True)
-        outputs.append(out)
+        outputs.append(ma_filter(G, window, lamb, warmup=True))
     for out in outputs[: w - 1]:
         assert torch.equal(out, G)  # warm-up: unfiltered
     for out in outputs[w - 1 :]:
         assert torch.allclose(out, (1 + lamb) * G, rtol=1e-6)  # 6 g
-    assert window.shape == (w, 3)
+    assert window.rows.shape == (w, 3)
 
 
 def test_ma_averages_exactly_the_last_w_raw_gradients():
     w, lamb = 4, 5.0
     grads = [torch.full((2,), float(k)) for k in range(1, 10)]  # 1, 2, ..., 9
-    window, outputs = torch.empty(0, 2), []
+    window, outputs = GradientWindow(grads[0], w), []
     for g in grads:
-        out, window = ma_filter(g, window, w, lamb, warmup=False)
-        outputs.append(out)
+        outputs.append(ma_filter(g, window, lamb, warmup=False))
     # step n: mean of the last min(n, w) values of 1..n
     assert outputs[0].tolist() == [1 + 5 * 1.0] * 2
     assert outputs[1].tolist() == [2 + 5 * 1.5] * 2
     assert outputs[8].tolist() == [9 + 5 * 7.5] * 2  # mean(6, 7, 8, 9)
     # an even window over alternating ±g averages to 0: the fast component is not amplified at all
-    window = torch.empty(0, 3)
+    window = GradientWindow(G, 4)
     for k in range(6):
-        out, window = ma_filter(G * (-1) ** k, window, 4, lamb)
+        out = ma_filter(G * (-1) ** k, window, lamb)
     assert torch.allclose(out, -G)
+
+
+def test_the_ring_window_gives_the_mean_of_the_last_w_gradients_to_float_rounding():
+    # the earlier filter concatenated the whole window and averaged it every step; the ring keeps a running sum.
+    # Reference: the mean of the last w raw gradients in float64. Margin: between two recomputations the sum takes
+    # at most w additions of (new - oldest), each rounded at float32's 6e-8 of the sum's size, so the error in the
+    # mean stays below 1e-5 of the largest gradient for w = 7 on any kernel set.
+    w, lamb = 7, 5.0
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, generator=gen) * 10 ** torch.randint(-2, 3, (5,), generator=gen) for _ in range(300)]
+    window = GradientWindow(grads[0], w)
+    for n, g in enumerate(grads, start=1):
+        out = ma_filter(g, window, lamb, warmup=False)
+        mean = torch.stack(grads[max(n - w, 0):n]).double().mean(0)
+        scale = torch.stack(grads[max(n - w, 0):n]).abs().max().item()
+        assert (out.double() - (g.double() + lamb * mean)).abs().max() <= 1e-5 * lamb * scale, n
+
+
+def test_the_running_sum_is_recomputed_so_a_large_gradient_leaves_no_residue():
+    # w huge gradients, then small ones: a sum that only ever added and subtracted would keep a residue of the
+    # huge ones' rounding (1e7 at float32 rounds in steps of 1) long after they left the window
+    w = 4
+    window = GradientWindow(torch.zeros(1), w)
+    for big in (1e7 + 1, -3e7 + 3, 2e7 + 1, 5e7 + 7):
+        window.push(torch.tensor([big]))
+    for _ in range(2 * w):
+        window.push(torch.tensor([0.1]))
+    assert window.mean().item() == pytest.approx(0.1, rel=1e-6)
+
+
+def test_an_ma_step_writes_a_few_copies_of_the_parameter_not_the_whole_window():
+    # the earlier filter concatenated the window with the new gradient every step (w + 1 copies written, then
+    # averaged); the ring writes one row and moves its sum. Counted: elements written by every op of a step (an
+    # out-of-place op's outputs; an in-place op's source, what it writes into its first argument; views: none)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Written(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            in_place = func.overloadpacket.__name__.endswith("_")
+            written = args[1:] if in_place else out if isinstance(out, (tuple, list)) else [out]
+            sizes = [t.numel() for t in written if isinstance(t, torch.Tensor)]
+            if not func.is_view:
+                Written.count += max(sizes, default=1) if in_place else sum(sizes)
+            return out
+
+    w, size = 100, 1000
+    cb = Grokfast(filter="ma", window_size=w)
+    for _ in range(w + 3):  # past the warm-up and one recomputation of the sum
+        cb.filter_gradient("p", torch.randn(size))
+    with Written():
+        cb.filter_gradient("p", torch.randn(size))
+    assert Written.count < 12 * size  # the earlier filter: > (w + 1) * size
+
+
+@pytest.mark.parametrize("kwargs", [{"filter": "ema"}, {"filter": "ema", "ema_init": "zero"},
+                                    {"filter": "ma", "window_size": 3}])
+def test_a_step_not_kept_leaves_the_filter_as_if_it_never_happened(kwargs):
+    # under AMP a step with a non-finite gradient is skipped; the flag is a device tensor (no host read), and the
+    # EMA started from the first gradient starts from the first one kept
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(4, generator=gen) for _ in range(6)]
+    skipping, plain = Grokfast(**kwargs), Grokfast(**kwargs)
+    skipping.filter_gradient("w", torch.full((4,), float("inf")), keep=torch.tensor(False))
+    for k, g in enumerate(grads):
+        if k == 3:
+            skipping.filter_gradient("w", g * 1e3, keep=torch.tensor(False))
+        assert torch.equal(skipping.filter_gradient("w", g, keep=torch.tensor(True)), plain.filter_gradient("w", g))
+
+
+def test_a_window_saved_by_the_earlier_concatenating_filter_continues_to_float_rounding():
+    # checkpoints written before the ring hold the window oldest first and nothing else
+    gen = torch.Generator().manual_seed(2)
+    grads = [torch.randn(3, generator=gen) for _ in range(9)]
+    live = GradientWindow(grads[0], 4)
+    for g in grads[:6]:
+        ma_filter(g, live, 5.0)
+    restored = GradientWindow.restore(torch.stack(grads[2:6]), 4)  # what the earlier code saved after 6 steps
+    for g in grads[6:]:
+        assert torch.allclose(ma_filter(g, restored, 5.0), ma_filter(g, live, 5.0), rtol=1e-6, atol=1e-6)
 
 
 def test_ma_defaults_are_the_papers():
@@ -365,3 +446,12 @@ def test_the_benchs_paper_arms_compose_to_the_papers_filters_and_l2():
     plain = grokfast("none", "0.005")
     assert (plain.lamb, plain.l2) == (0.0, 0.005)
     assert grokfast("ema", "0.005").l2 == 0.005 and grokfast("none", "0") is None
+
+
+def test_under_bf16_with_clipping_the_raw_gradient_is_clipped_with_the_fused_adamw_kept(run_config):
+    # bf16-mixed keeps the fused AdamW (no loss scaler); Lightning's mixed-precision plugin refuses to clip that
+    # optimiser, so the callback clips through the module, which clips it itself
+    summary, run_dir = run_config([GROKFAST_EMA, "trainer.precision=bf16-mixed", "trainer.max_steps=5"])
+    assert summary["status"] == "completed", summary.get("error")
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"]

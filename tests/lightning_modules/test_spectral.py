@@ -93,3 +93,34 @@ def test_the_term_reads_the_answer_position_of_every_format(format):
     column = 4 if format == "sequence" else 0  # sequence targets [a, OP, b, EQ, c, EOS, EOS]: c at 4
     expected = aligned_logits(net(grid.inputs), grid.targets.shape[1])[:, column]
     assert penalty.term(None).item() == pytest.approx(spectral_term(expected, p).item(), rel=1e-6)
+
+
+def test_under_bf16_autocast_the_spectrum_is_taken_in_float32(monkeypatch):
+    # CUDA's FFT refuses bf16 input (fp16 too, but for powers of two); CPU autocast hides that. A stand-in for fft2
+    # with CUDA's rule, around the real one; the net's logits come out of bf16 autocast as bf16
+    from types import SimpleNamespace
+
+    from datamodules import ModularArithmetic
+    from lightning_modules.spectral import SpectralPenalty
+    from nets import MLP
+
+    real_fft2 = torch.fft.fft2
+
+    def cuda_fft2(x, *args, **kwargs):
+        if x.dtype in (torch.bfloat16, torch.float16):
+            raise RuntimeError(f"cuFFT does not support {x.dtype}")
+        return real_fft2(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.fft, "fft2", cuda_fft2)
+    p = 11
+    data = ModularArithmetic(p=p, format="onehot")
+    torch.manual_seed(0)
+    net = MLP(data.spec.in_features, data.spec.num_classes, hidden_dim=16)
+    penalty = SpectralPenalty(1.0)
+    penalty.bind(SimpleNamespace(trainer=SimpleNamespace(datamodule=data), net=net, device=torch.device("cpu")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(data.grid().inputs).logits
+        term = penalty.term(None)
+    assert logits.dtype == torch.bfloat16 and term.dtype == torch.float32
+    # the same bf16 logits, their spectrum in float64: only float32's rounding of the FFT between the two
+    assert term.item() == pytest.approx(spectral_term(logits.double(), p).item(), rel=1e-5)

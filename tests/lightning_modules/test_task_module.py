@@ -1,3 +1,4 @@
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,3 +84,59 @@ def test_routers_are_named_by_their_layer_and_hard_choices_give_token_shares():
     assert metrics["routing/share/layer_2/softmax"].item() == 0.75
     assert metrics["routing/usage/layer_2/head_1"].item() == pytest.approx(0.5)
     assert "routing/entropy/layer_2" in metrics and "routing/entropy/layer_0" not in metrics
+
+
+class ClipProbe(pl.Callback):
+    """Per step: the gradient norm before clipping (callbacks run before Lightning clips) and after it (an optimiser
+    step post-hook: the closure that clips runs inside `optimizer.step()`, and the update leaves the gradients);
+    at the end whether the AdamW was the fused one and whether the NaN guard deferred its check."""
+
+    seen: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        ClipProbe.seen = {"before": [], "after": []}
+        params = list(pl_module.parameters())
+
+        def norm():
+            return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
+
+        trainer.optimizers[0].register_step_post_hook(lambda *args: ClipProbe.seen["after"].append(norm()))
+        self.norm = norm
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        ClipProbe.seen["before"].append(self.norm())
+
+    def on_train_end(self, trainer, pl_module):
+        from callbacks import FiniteLossGuard
+
+        ClipProbe.seen["fused"] = bool(trainer.optimizers[0].defaults.get("fused"))
+        ClipProbe.seen["deferred"] = [c._deferred for c in trainer.callbacks if isinstance(c, FiniteLossGuard)]
+
+
+def test_bf16_with_clipping_keeps_the_fused_adamw_clips_itself_and_defers_the_nan_guard(run_config):
+    # the LM recipe: bf16-mixed has no loss scaler, so nothing stands between clipping and the fused optimiser;
+    # the NaN guard then reads the loss only on logging steps (told to defer as it does on a GPU)
+    clip = 1e-3  # far below this MLP's gradient norms (~0.1-1), so every step is clipped
+    summary, _ = run_config(["trainer.precision=bf16-mixed", f"trainer.gradient_clip_val={clip}",
+                             "trainer.max_steps=6", "callbacks.finite_loss.defer=true",
+                             "+callbacks.clip_probe._target_=tests.lightning_modules.test_task_module.ClipProbe"])
+    assert summary["status"] == "completed", summary.get("error")
+    seen = ClipProbe.seen
+    assert seen["fused"] and seen["deferred"] == [True]
+    assert len(seen["before"]) == len(seen["after"]) == 6 and min(seen["before"]) > 10 * clip
+    # clip_grad_norm_ scales by clip / (norm + 1e-6): the norm after it is the clip to 1e-5 for norms above 0.1,
+    # with float32's rounding of the norm far below that
+    assert seen["after"] == pytest.approx([clip] * 6, rel=1e-4)
+
+
+def test_only_a_loss_scaler_with_clipping_gives_up_the_fused_adamw():
+    # 16-mixed: Lightning unscales before it clips, which an optimiser that unscales inside its step cannot take
+    from types import SimpleNamespace
+
+    dm = ModularArithmetic(p=5, format="tokens")
+    for precision, scaler, clip, fused in (("16-mixed", object(), 1.0, False), ("16-mixed", object(), None, True),
+                                           ("bf16-mixed", None, 1.0, True), ("32-true", None, 1.0, True)):
+        module = module_for(dm)
+        module.trainer = SimpleNamespace(precision=precision, precision_plugin=SimpleNamespace(scaler=scaler),
+                                         gradient_clip_val=clip)
+        assert bool(module.configure_optimizers()["optimizer"].defaults.get("fused")) == fused, (precision, clip)

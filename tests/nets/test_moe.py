@@ -245,6 +245,23 @@ def test_balance_is_k_for_a_router_with_uniform_probabilities_whatever_it_picks(
     assert ExpertBalance(weight=1.0)(out).item() == pytest.approx(2.0)
 
 
+def test_balance_counts_on_the_device_and_runs_under_vmap_without_a_loop_over_members():
+    # ensembles take the balance term under vmap (the hybrid LM's routed layers); torch.bincount has no batching
+    # rule, so torch ran it member by member (with a warning), and it reads its input's maximum on the host
+    import warnings
+
+    from nets.moe import assignment_counts
+
+    assert assignment_counts(torch.tensor([[2, 0], [2, 2]]), 4).tolist() == [1, 0, 3, 0]
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.randn(3, 2, 10, 4, generator=gen).softmax(-1)  # 3 members, (2, 10) tokens, 4 experts
+    index = torch.randint(0, 4, (3, 2, 10, 2), generator=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "performance drop ... batching rule" warning of a fallback loop
+        batched = torch.func.vmap(expert_balance)(probs, index)
+    torch.testing.assert_close(batched, torch.stack([expert_balance(p, i) for p, i in zip(probs, index)]))
+
+
 def test_z_loss_by_hand():
     logits = torch.tensor([[0.0, 0.0], [log(3.0), 0.0]])  # logsumexp: log 2, log 4 = 2 log 2
     out = output_of(**{"layer_0/ffn/router_logits": logits, "layer_0/ffn/expert_index": torch.zeros(2, 1).long()})
