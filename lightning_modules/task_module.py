@@ -60,7 +60,7 @@ class TaskModule(pl.LightningModule):
         for regularizer in self.regularizers.values():
             regularizer.bind(self)
         if self.cuda_graph:
-            check_graphable(self.trainer)
+            check_graphable(self.trainer, self)
 
     def step_result(self, batch: Batch) -> StepResult:
         """Forward, task loss and regulariser terms of one training step."""
