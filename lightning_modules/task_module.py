@@ -88,8 +88,10 @@ class TaskModule(pl.LightningModule):
         if self.regularizers:
             metrics |= {"train/task_loss": result.task_loss, "train/total_loss": result.total}
             metrics |= {f"train/reg/{name}": term for name, term in result.terms.items()}
+        # under DDP each rank measured its shard: the mean over ranks is the batch's (a collective on logging steps)
         self.log_dict(metrics | structure_metrics(result.output, batch.group, self.groups,
-                                                  getattr(self.net, "routing_options", None)), prog_bar=False)
+                                                  getattr(self.net, "routing_options", None)),
+                      prog_bar=False, sync_dist=True)
 
     def graphed_step(self, batch: Batch) -> StepResult:
         """One step under `cuda_graph` (manual optimisation): eager until the lr warmup is over, then the

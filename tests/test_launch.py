@@ -70,6 +70,17 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_weights(run_confi
     assert all(torch.equal(kept[name], clean_weights[f"net.{name}"]) for name in kept)
 
 
+def test_a_nan_in_one_micro_batch_of_an_accumulated_step_stops_the_run_at_that_step(run_config):
+    # two micro-batches a step: the regulariser's call 21 is the first micro-batch of step 10, call 22 (finite)
+    # its second; the deferred guard must count both, not let the second overwrite the first
+    accumulate = ["+trainer.accumulate_grad_batches=2", "callbacks.finite_loss.defer=true"]
+    summary, run_dir = run_config([*accumulate, "+regularizer.boom._target_=tests.helpers.NaNAfter",
+                                   "+regularizer.boom.after=20", "+regularizer.boom.until=21"])
+    assert summary["status"] == "diverged" and summary["steps"] == 10 and "step 10" in summary["error"]
+    clean, _ = run_config([*accumulate, "trainer.max_steps=10"], name="clean")
+    assert summary["final"] == clean["final"]  # steps 10 on were skipped on the device: the weights of step 10
+
+
 def test_same_seed_same_init_other_seed_other_init(run_config):
     a, _ = run_config(["trainer.max_steps=5"], name="a")
     b, _ = run_config(["trainer.max_steps=5"], name="b")
