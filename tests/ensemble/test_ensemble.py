@@ -102,6 +102,8 @@ def test_a_grokked_member_stops_after_its_patience_while_the_others_go_on(tmp_pa
     ("callbacks=diagnostics", "callbacks.grokking_curves"),
     ("regularizer=spectral", "regularizer.spectral"),
     ("ckpt_path=/tmp/x.ckpt", "ckpt_path"),
+    # one loss scaler for all members: one member's overflow would skip every member's step
+    ("trainer.precision=16-mixed", "trainer.precision='16-mixed' is not allowed: expected 32-true or bf16-mixed"),
 ])
 def test_what_an_ensemble_cannot_honour_is_refused_by_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
