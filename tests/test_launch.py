@@ -98,12 +98,13 @@ def test_valid_overrides_run(run_config, override):
 
 def test_final_numbers_under_bf16_are_those_validation_logged_for_the_same_weights(run_config):
     # the last validation (step 40) saw the final weights; the final numbers must come from the same bf16 forward.
-    # Margin: the logged value passed through float32 (rel 6e-8); an fp32 forward differs by bf16's rounding (~1e-3)
+    # Margin: both are one computation on the same weights; only the logger's float32 could round (rel <= 6e-8).
+    # An fp32 forward differs by bf16's rounding: 7e-6 relative in this run, 70 times the tolerance
     summary, run_dir = run_config(["trainer.precision=bf16-mixed"])
     assert summary["steps"] == 40 and summary["final_precision"] == "bf16-mixed"
     last = [row for row in metrics_rows(run_dir) if row.get("val/loss")][-1]
     assert int(last["step"]) == 39  # the row of step 40 (0-based index)
-    assert summary["final"]["val/loss"] == pytest.approx(float(last["val/loss"]), rel=1e-6)
+    assert summary["final"]["val/loss"] == pytest.approx(float(last["val/loss"]), rel=1e-7)
     assert summary["final"]["val/acc"] == pytest.approx(float(last["val/acc"]), abs=1e-7)
 
 
