@@ -36,8 +36,8 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def summed_over_ranks(trainer: pl.Trainer, loss: torch.Tensor) -> torch.Tensor:
-    """The loss summed over the DDP ranks (non-finite when any rank's is), enqueued on the device; the loss itself
-    with one process."""
+    """The loss summed over the DDP ranks (non-finite when any rank's is), enqueued on the device (not with
+    `strategy.reduce`, whose barrier would block the host every step); the loss itself with one process."""
     if trainer.world_size == 1:
         return loss
     total = loss.detach().clone()

@@ -98,11 +98,11 @@ class RunCheckpoint(Checkpoint):
     def agreed(self, trainer: pl.Trainer) -> tuple[int | None, bool]:
         """(the stop signal a rank received, or None; whether a rank's clock says a checkpoint is due), the same on
         every rank: a single process decides alone every step; under DDP the ranks compare on logging steps only,
-        with one collective, and until then none acts on its own."""
+        with one collective (every step when logging is off), and until then none acts on its own."""
         time_up = bool(self.every_minutes) and time.monotonic() - self._last_time >= 60 * self.every_minutes
         if trainer.world_size == 1:
             return stop_request.signum, time_up
-        if is_log_step(trainer.global_step, trainer):
+        if is_log_step(trainer.global_step, trainer) or trainer.log_every_n_steps <= 0:
             wants = torch.tensor([stop_request.signum or 0, time_up], device=trainer.strategy.root_device)
             signum, time_up = trainer.strategy.reduce(wants, reduce_op="max").tolist()
             self._stop_signal = self._stop_signal or (int(signum) or None)
