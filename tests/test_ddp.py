@@ -85,7 +85,9 @@ def test_ranks_whose_clocks_differ_checkpoint_at_the_same_steps(tmp_path):
 
 @pytest.mark.parametrize("defer", [False, True], ids=["read_every_step", "read_on_log_steps"])
 def test_a_nan_on_one_rank_stops_every_rank_at_that_step(tmp_path, single, defer):
-    result = launch_ranks([*RUN, *DDP, f"hydra.run.dir={tmp_path}/run", f"callbacks.finite_loss.defer={str(defer).lower()}",
+    # rank 1's loss is NaN from step 12 on, rank 0's stays finite
+    result = launch_ranks([*RUN, *DDP, f"hydra.run.dir={tmp_path}/run",
+                           f"callbacks.finite_loss.defer={str(defer).lower()}",
                            "+regularizer.boom._target_=tests.helpers.NaNAfter", "+regularizer.boom.after=12",
                            "+regularizer.boom.rank=1"], cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]  # a diverged run exits non-zero
