@@ -12,6 +12,9 @@ ahead). With a fused optimiser (`optimizer.fused: true`, the default) the guard 
 
 The weights are then exactly those after the last good step, as with an immediate check. On a CPU, or with a
 non-fused optimiser, the loss is read every step.
+
+The sum runs over every micro-batch (`accumulate_grad_batches`) and, under DDP, over every rank's loss (an
+all-reduce on the device, no host read): all ranks then skip the same steps and stop at the same one.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 from lightning_modules.cadence import is_log_step
@@ -31,6 +35,16 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     return bool(optimizer.defaults.get("fused"))
 
 
+def summed_over_ranks(trainer: pl.Trainer, loss: torch.Tensor) -> torch.Tensor:
+    """The loss summed over the DDP ranks (non-finite when any rank's is), enqueued on the device (not with
+    `strategy.reduce`, whose barrier would block the host every step); the loss itself with one process."""
+    if trainer.world_size == 1:
+        return loss
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    return total
+
+
 class FiniteLossGuard(Callback):
     cuda_graph_safe = True  # under `module.cuda_graph` the captured step guards itself and this stays idle
 
@@ -39,6 +53,7 @@ class FiniteLossGuard(Callback):
         defer: read the ring only now and then (null = on accelerators, with a fused optimiser)."""
         self.check_every_n_steps, self.defer = check_every_n_steps, defer
         self._ring: torch.Tensor | None = None  # running loss sums since `_first`, one slot per step
+        self._sum: torch.Tensor | None = None  # the running sum through the latest micro-batch
         self._found_inf: torch.Tensor | None = None
         self._first = 0  # the step of the ring's first slot
         self._deferred = False
@@ -49,21 +64,19 @@ class FiniteLossGuard(Callback):
         self._deferred = fused and (pl_module.device.type != "cpu" if self.defer is None else self.defer)
         size = self.check_every_n_steps or max(trainer.log_every_n_steps, 1)
         self._ring = torch.zeros(size, device=pl_module.device)
+        self._sum = torch.zeros((), device=pl_module.device)
         self._found_inf = torch.zeros((), device=pl_module.device)
         self._first = trainer.global_step
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        loss = summed_over_ranks(trainer, loss.detach())
         if not self._deferred:
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(trainer.global_step, float(loss.detach()))
+                raise NonFiniteLossError(trainer.global_step, float(loss))
             return
-        slot = trainer.global_step - self._first
-        total = self._ring[slot]
-        if slot:
-            torch.add(self._ring[slot - 1], loss.detach(), out=total)
-        else:
-            total.copy_(loss.detach())
-        torch.logical_not(torch.isfinite(total), out=self._found_inf)
+        self._sum.add_(loss)  # every micro-batch of the step adds to its slot
+        self._ring[trainer.global_step - self._first].copy_(self._sum)
+        torch.logical_not(torch.isfinite(self._sum), out=self._found_inf)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
@@ -94,3 +107,4 @@ class FiniteLossGuard(Callback):
             if not math.isfinite(total):
                 raise NonFiniteLossError(self._first + slot, total)
         self._first = trainer.global_step
+        self._sum.zero_()

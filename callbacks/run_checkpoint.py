@@ -11,6 +11,14 @@ step's training row, its validation). So a checkpoint is taken at the end of a v
 `on_train_batch_end` of a step that logs nothing; periodic ones wait for the next such step (at most a few).
 The file is written to a temporary name and renamed, and the loggers are flushed first, so a kill at any moment
 leaves a complete checkpoint whose rows are all on disk.
+
+Under DDP every rank must save at the same step (saving ends in a barrier), but each has its own clock and its
+own signals. So the ranks agree on "time to checkpoint" and "stop requested" with one collective on logging steps
+(the steps that read the device anyway): if any rank wants either, all act on it at the same step.
+
+Under the captured CUDA-graph step (`module.cuda_graph`) everything here runs between replays: the stop check in
+`on_train_batch_start` only raises before a step starts, so the replay of that step never runs and the weights
+are those `last.ckpt` holds.
 """
 from __future__ import annotations
 
@@ -22,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Checkpoint
 
+from lightning_modules.cadence import is_log_step
 from runtime.errors import RunInterrupted, require
 from runtime.run.signals import stop_request
 
@@ -60,6 +70,7 @@ class RunCheckpoint(Checkpoint):
         self.init_fingerprint: str | None = None  # stamped into every checkpoint: the run's identity survives resume
         self.saved_step: int | None = None  # the step of the last checkpoint written in this session
         self._due: str | None = None  # why a checkpoint is owed at the next safe point
+        self._stop_signal: int | None = None  # the stop signal the ranks agreed on (DDP)
         self._last_time = time.monotonic()
         self._validated = False
         self._start_step = 0
@@ -70,7 +81,7 @@ class RunCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_time, self._validated = time.monotonic(), False
-        self.saved_step = None
+        self.saved_step, self._stop_signal = None, None
         self._start_step = trainer.global_step  # > 0 when resumed: that checkpoint already holds this state
         if trainer.world_size == 1:
             # Lightning's own SIGTERM handler stops inside validation without a checkpoint; under DDP it also
@@ -80,18 +91,34 @@ class RunCheckpoint(Checkpoint):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         # a stop asked for during the previous step was honoured at its end (or nothing was done yet); one that
         # came after that step's last safe point waits for the end of this step
-        if stop_request.requested and trainer.global_step in (self.saved_step, self._start_step):
-            raise RunInterrupted(stop_request.signum, trainer.global_step)
+        signum = stop_request.signum if trainer.world_size == 1 else self._stop_signal
+        if signum is not None and trainer.global_step in (self.saved_step, self._start_step):
+            raise RunInterrupted(signum, trainer.global_step)
+
+    def agreed(self, trainer: pl.Trainer) -> tuple[int | None, bool]:
+        """(the stop signal a rank received, or None; whether a rank's clock says a checkpoint is due), the same on
+        every rank: a single process decides alone every step; under DDP the ranks compare on logging steps only,
+        with one collective (every step when logging is off), and until then none acts on its own."""
+        time_up = bool(self.every_minutes) and time.monotonic() - self._last_time >= 60 * self.every_minutes
+        if trainer.world_size == 1:
+            return stop_request.signum, time_up
+        if is_log_step(trainer.global_step, trainer) or trainer.log_every_n_steps <= 0:
+            wants = torch.tensor([stop_request.signum or 0, time_up], device=trainer.strategy.root_device)
+            signum, time_up = trainer.strategy.reduce(wants, reduce_op="max").tolist()
+            self._stop_signal = self._stop_signal or (int(signum) or None)
+            return self._stop_signal, bool(time_up)
+        return self._stop_signal, False
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if stop_request.requested:
+        signum, time_up = self.agreed(trainer)
+        if signum is not None:
             self._due = "stop"
         elif step >= trainer.max_steps > 0:
             self._due = "end"
         elif self.every_n_train_steps and step % self.every_n_train_steps == 0:
             self._due = self._due or "every_n_train_steps"
-        elif self.every_minutes and time.monotonic() - self._last_time >= 60 * self.every_minutes:
+        elif time_up:
             self._due = self._due or "every_minutes"
         if validates_after(trainer):
             return  # saved at the end of this step's validation

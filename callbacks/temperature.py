@@ -30,6 +30,8 @@ def annealed_temperature(step: int, start: float, end: float, steps: int, schedu
 class TemperatureAnnealing(Callback):
     """Sets `net.temperature` before every training step; logs it as `gates/temperature` on logging steps."""
 
+    changes_between_steps = "net.temperature"  # a number a captured CUDA-graph step would keep at its first value
+
     def __init__(self, start: float = 1.0, end: float = 0.1, steps: int = 5000, schedule: str = "exponential"):
         require(start > 0 and end > 0, "temperature", (start, end), "positive start and end temperatures")
         require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")

@@ -35,7 +35,6 @@ class Throughput(Callback):
     """skip_steps: training steps left out of the summary's mean (their windows are still logged)."""
 
     summary_key = "speed"
-    cuda_graph_safe = True  # reads the clock between steps; the captured step itself is untouched
 
     def __init__(self, skip_steps: int = 20):
         require(isinstance(skip_steps, int) and skip_steps >= 0, "skip_steps", skip_steps, "an integer >= 0")

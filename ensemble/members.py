@@ -19,6 +19,9 @@ PACKABLE = ("seed", "init_scale", "init_from", "optimizer.lr", "optimizer.weight
 SUPPORTED_CALLBACKS = ("grokking_time", "checkpoint", "best_checkpoint", "progress", "finite_loss")
 # default callbacks an ensemble leaves out: the members share each step, so a per-run speed means nothing there
 LEFT_OUT_CALLBACKS = ("throughput",)
+# precisions without a loss scaler: 16-mixed's one scaler would skip every member's step when one member's gradient
+# overflows, and halve its scale for good while a diverged member's row stays non-finite
+PRECISIONS = ("32-true", "32", "bf16-mixed")
 
 
 def packable_keys(cfg: DictConfig) -> list[str]:
@@ -52,6 +55,9 @@ def check_supported(cfg: DictConfig) -> None:
         raise ConfigError("trainer.strategy", trainer.get("strategy"), "one device in an ensemble (no DDP)")
     if trainer.get("accumulate_grad_batches", 1) != 1:
         raise ConfigError("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches, "1 in an ensemble")
+    if str(trainer.get("precision", "32-true")) not in PRECISIONS:
+        raise ConfigError("trainer.precision", trainer.precision, "32-true or bf16-mixed in an ensemble (16-mixed's "
+                          "loss scaler would skip every member's step when one member overflows)")
 
 
 class Member:

@@ -101,7 +101,10 @@ def run_ensemble(members: Sequence[Member], callbacks: Sequence[Callback] = ()) 
         module.report_health()
         for member in members:
             member.finish(trainer.global_step, trainer.interrupted)
-        finish_members(module, datamodule, members)
+        with trainer.precision_plugin.forward_context():  # the run's precision, as its validation
+            finish_members(module, datamodule, members)
+        for member in members:
+            member.summary["final_precision"] = str(trainer.precision)
     except BaseException as err:  # every member not yet done records why the ensemble ended
         for member in members:
             if member.training:

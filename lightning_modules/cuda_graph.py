@@ -14,8 +14,10 @@ NaN guard inside the graph: a running sum of the losses since capture turns non-
 stays so; it sets the fused kernel's `found_inf`, so that step and every later one leave weights and moments as
 they were, and a device counter records the first bad step. The module reads both on logging steps.
 
-Limits (refused by key at fit start): CUDA only, full-batch training, 32-bit precision, one device, and nothing
-that changes the step from outside between replays (Grokfast's gradient filter, temperature annealing).
+Limits (refused by key at fit start): CUDA only, full-batch training, 32-bit precision, one device, and no
+callback that acts inside the step (Grokfast's gradient filter) or changes between steps a number the capture
+baked in (temperature annealing). Callbacks that act between steps on the host or on device tensors (checkpoints,
+a stop request honoured before a step starts, clocks) run around the replays as around eager steps.
 """
 from __future__ import annotations
 
@@ -28,9 +30,12 @@ from torch import Tensor
 from nets.output import NetOutput
 from runtime.errors import ConfigError, require
 
-# hooks through which a callback would act inside the step, where replays cannot see it
-STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
-              "on_train_batch_start")
+KEY = "module.cuda_graph"
+# hooks that run inside a step, between its forward and its update: a replay runs the whole step at once, so a
+# callback acting there is not seen (the backward hooks are not called; `on_before_optimizer_step` runs before
+# the replay, on the gradients the replay then overwrites). Hooks between steps (`on_train_batch_start`,
+# `on_train_batch_end`, validation, checkpoints) run around replays as around eager steps.
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
 
 
 class StepResult(NamedTuple):
@@ -108,32 +113,41 @@ class CapturedStep:
         return None if step < 0 else step
 
 
-def check_graphable(trainer) -> None:
-    """Refuse, naming `module.cuda_graph`, what a captured step cannot honour."""
-    key = "module.cuda_graph"
-    require(trainer.strategy.root_device.type == "cuda", key, True, "false unless training on a CUDA device")
-    require(trainer.world_size == 1, key, True, "false with more than one device")
-    require(str(trainer.precision) in ("32-true", "32"), key, True, f"false with precision={trainer.precision}")
-    module = getattr(trainer, "lightning_module", None)
+def check_graphable(trainer, module) -> None:
+    """Refuse, naming `module.cuda_graph`, what a captured step cannot honour: a device other than CUDA, and
+    everything `check_step_setup` refuses."""
+    require(trainer.strategy.root_device.type == "cuda", KEY, True, "false unless training on a CUDA device")
+    check_step_setup(trainer, module, trainer.datamodule)
+
+
+def check_step_setup(trainer, module, datamodule) -> None:
+    """Everything but the device that a captured step cannot honour (it needs no GPU, so it runs on a CPU too):
+    several devices, reduced precision, a changing lr, data-dependent shapes, mini-batches, and callbacks that act
+    inside the step (`STEP_HOOKS`) or change between steps a number the capture baked in (a callback says so by
+    naming it in `changes_between_steps`, e.g. "net.temperature")."""
+    require(trainer.world_size == 1, KEY, True, "false with more than one device")
+    require(str(trainer.precision) in ("32-true", "32"), KEY, True, f"false with precision={trainer.precision}")
     recipe = getattr(module, "recipe", None)
-    require(recipe is None or recipe.schedule == "constant", key, True,
+    require(recipe is None or recipe.schedule == "constant", KEY, True,
             f"false with optimizer.schedule={getattr(recipe, 'schedule', None)} (the captured step bakes in the lr "
             f"it has after the warmup)")
     net = getattr(module, "net", None)
     require(net is None or not any(getattr(part, "data_dependent_shapes", False) for part in net.modules()),
-            key, True, "false for a net whose parts route tokens by the data (a mixture of experts: its shapes change "
+            KEY, True, "false for a net whose parts route tokens by the data (a mixture of experts: its shapes change "
                        "every step)")
-    data = trainer.datamodule
-    require("train" in getattr(data, "splits", {}), key, True,
-            f"false for {type(data).__name__}, which holds no training split in memory (a captured step replays "
-            f"one full batch that never moves)")
+    require("train" in getattr(datamodule, "splits", {}), KEY, True,
+            f"false for {type(datamodule).__name__}, which holds no training split in memory (a captured step "
+            f"replays one full batch that never moves)")
     # the task's own train loader says whether it serves the whole split every step
-    require(getattr(data.train_dataloader(), "full_batch", False), key, True,
+    require(getattr(datamodule.train_dataloader(), "full_batch", False), KEY, True,
             "false with mini-batches (data.batch_size=-1: the full batch is the captured input)")
     for callback in trainer.callbacks:
+        name = type(callback).__name__
+        if changed := getattr(callback, "changes_between_steps", None):
+            raise ConfigError(KEY, True, f"false with {name}, which changes {changed} between steps (a captured "
+                                         f"step keeps the value it had at capture)")
         if getattr(callback, "cuda_graph_safe", False):
-            continue
+            continue  # it stands aside while the module captures the step
         acting = [hook for hook in STEP_HOOKS if getattr(type(callback), hook) is not getattr(Callback, hook)]
         if acting:
-            raise ConfigError(key, True, f"false with {type(callback).__name__}, which acts inside each step "
-                                         f"({acting[0]})")
+            raise ConfigError(KEY, True, f"false with {name}, which acts inside each step ({acting[0]})")

@@ -61,7 +61,7 @@ class TaskModule(pl.LightningModule):
         for regularizer in self.regularizers.values():
             regularizer.bind(self)
         if self.cuda_graph:
-            check_graphable(self.trainer)
+            check_graphable(self.trainer, self)
 
     def step_result(self, batch: Batch) -> StepResult:
         """Forward, task loss and regulariser terms of one training step."""
@@ -89,8 +89,10 @@ class TaskModule(pl.LightningModule):
         if self.regularizers:
             metrics |= {"train/task_loss": result.task_loss, "train/total_loss": result.total}
             metrics |= {f"train/reg/{name}": term for name, term in result.terms.items()}
+        # under DDP each rank measured its shard: the mean over ranks is the batch's (a collective on logging steps)
         self.log_dict(metrics | structure_metrics(result.output, batch.group, self.groups,
-                                                  getattr(self.net, "routing_options", None)), prog_bar=False)
+                                                  getattr(self.net, "routing_options", None)),
+                      prog_bar=False, sync_dist=True)
 
     def graphed_step(self, batch: Batch) -> StepResult:
         """One step under `cuda_graph` (manual optimisation): eager until the lr warmup is over, then the

@@ -1,10 +1,15 @@
 """Test-only pieces that configs can point `_target_` at."""
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+import callbacks.run_checkpoint
 from callbacks.run_checkpoint import RunCheckpoint
 from datamodules import ModularArithmetic
 from datamodules.batch import Batch, TaskSpec
@@ -14,16 +19,19 @@ from lightning_modules.regularizers import Regularizer
 
 
 class NaNAfter(Regularizer):
-    """Contributes 0 for `after` training calls, then NaN: a run that diverges at a known step."""
+    """Contributes 0 for `after` training calls, then NaN (up to call `until`, when given; on DDP rank `rank` only,
+    when given): a run that diverges at a known step (one call per step, or per micro-batch)."""
 
-    def __init__(self, weight: float = 1.0, after: int = 25):
+    def __init__(self, weight: float = 1.0, after: int = 25, until: int | None = None, rank: int | None = None):
         super().__init__(weight)
-        self.after, self.calls = after, 0
+        self.after, self.until, self.rank, self.calls = after, until, rank, 0
 
     def term(self, output):
         self.calls += 1
-        value = 0.0 if self.calls <= self.after else float("nan")
-        return torch.tensor(value, device=output.logits.device)
+        bad = self.after < self.calls <= (self.until or self.calls)
+        if self.rank is not None:
+            bad = bad and dist.is_initialized() and dist.get_rank() == self.rank
+        return torch.tensor(float("nan") if bad else 0.0, device=output.logits.device)
 
 
 class NaNSwitch(Regularizer):
@@ -64,6 +72,25 @@ class RecordingCheckpoint(RunCheckpoint):
     def save(self, trainer):
         super().save(trainer)
         RecordingCheckpoint.saved.append(trainer.global_step)
+
+
+class RankClockCheckpoint(RunCheckpoint):
+    """RunCheckpoint whose clock (`time.monotonic` as callbacks.run_checkpoint reads it) is the step count, at
+    `1 + rank` minutes a step on each DDP rank, so the ranks cross `every_minutes` at different steps; each save's
+    step is appended to `saves.rank<r>` in its folder."""
+
+    def on_train_start(self, trainer, pl_module):
+        minutes = 1 + trainer.global_rank
+        callbacks.run_checkpoint.time = SimpleNamespace(monotonic=lambda: 60.0 * minutes * trainer.global_step)
+        super().on_train_start(trainer, pl_module)
+
+    def teardown(self, trainer, pl_module, stage):
+        callbacks.run_checkpoint.time = time
+
+    def save(self, trainer):
+        super().save(trainer)
+        with open(self.dirpath / f"saves.rank{trainer.global_rank}", "a") as file:
+            file.write(f"{trainer.global_step}\n")
 
 
 class ValidatesOnTrain(ModularArithmetic):

@@ -70,6 +70,17 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_weights(run_confi
     assert all(torch.equal(kept[name], clean_weights[f"net.{name}"]) for name in kept)
 
 
+def test_a_nan_in_one_micro_batch_of_an_accumulated_step_stops_the_run_at_that_step(run_config):
+    # two micro-batches a step: the regulariser's call 21 is the first micro-batch of step 10, call 22 (finite)
+    # its second; the deferred guard must count both, not let the second overwrite the first
+    accumulate = ["+trainer.accumulate_grad_batches=2", "callbacks.finite_loss.defer=true"]
+    summary, run_dir = run_config([*accumulate, "+regularizer.boom._target_=tests.helpers.NaNAfter",
+                                   "+regularizer.boom.after=20", "+regularizer.boom.until=21"])
+    assert summary["status"] == "diverged" and summary["steps"] == 10 and "step 10" in summary["error"]
+    clean, _ = run_config([*accumulate, "trainer.max_steps=10"], name="clean")
+    assert summary["final"] == clean["final"]  # steps 10 on were skipped on the device: the weights of step 10
+
+
 def test_same_seed_same_init_other_seed_other_init(run_config):
     a, _ = run_config(["trainer.max_steps=5"], name="a")
     b, _ = run_config(["trainer.max_steps=5"], name="b")
@@ -83,6 +94,18 @@ def test_valid_overrides_run(run_config, override):
     """A composite modulus is fine for addition (only division needs a prime); multi-op one-hot works."""
     summary, _ = run_config([override, "trainer.max_steps=2"])
     assert summary["status"] == "completed"
+
+
+def test_final_numbers_under_bf16_are_those_validation_logged_for_the_same_weights(run_config):
+    # the last validation (step 40) saw the final weights; the final numbers must come from the same bf16 forward.
+    # Margin: both are one computation on the same weights; only the logger's float32 could round (rel <= 6e-8).
+    # An fp32 forward differs by bf16's rounding: 7e-6 relative in this run, 70 times the tolerance
+    summary, run_dir = run_config(["trainer.precision=bf16-mixed"])
+    assert summary["steps"] == 40 and summary["final_precision"] == "bf16-mixed"
+    last = [row for row in metrics_rows(run_dir) if row.get("val/loss")][-1]
+    assert int(last["step"]) == 39  # the row of step 40 (0-based index)
+    assert summary["final"]["val/loss"] == pytest.approx(float(last["val/loss"]), rel=1e-7)
+    assert summary["final"]["val/acc"] == pytest.approx(float(last["val/acc"]), abs=1e-7)
 
 
 @pytest.mark.parametrize(

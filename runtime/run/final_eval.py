@@ -27,9 +27,11 @@ def best_net_state(trainer: pl.Trainer) -> tuple[dict[str, torch.Tensor], int] |
 
 def final_metrics(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any,
                   weights: str = "last") -> dict[str, Any]:
-    """{"final": `<split>/<metric>` over each split's fixed evaluation batches (`Task.eval_batches`), and with
-    `best` which weights they are}, measured on the training device (Lightning moves the module back to the CPU
-    when `fit` ends, while the data may stay on the GPU). Loading the best weights happens after every checkpoint
+    """{"final": `<split>/<metric>` over each split's fixed evaluation batches (`Task.eval_batches`), "final_precision",
+    and with `best` which weights they are}, measured on the training device (Lightning moves the module back to the
+    CPU when `fit` ends, while the data may stay on the GPU) and at the run's precision (the trainer's precision
+    plugin's forward context, as validation ran: under bf16-mixed the final numbers are the logged and
+    best-checkpoint values' kind, not an fp32 forward's). Loading the best weights happens after every checkpoint
     of the run was written, so `last.ckpt` still resumes where training stopped."""
     require(weights in FINAL_WEIGHTS, "final_weights", weights, " | ".join(FINAL_WEIGHTS))
     part: dict[str, Any] = {}
@@ -37,7 +39,8 @@ def final_metrics(trainer: pl.Trainer, module: pl.LightningModule, datamodule: A
         module.net.load_state_dict(best[0])
         part["final_weights"] = {"from": "checkpoints/best.ckpt", "step": best[1]}
     module.to(trainer.strategy.root_device)
-    part["final"] = finite_or_null({f"{split}/{name}": value
-                                    for split in datamodule.split_names()
-                                    for name, value in module.evaluate(datamodule.eval_batches(split)).items()})
-    return part
+    with trainer.precision_plugin.forward_context():
+        part["final"] = finite_or_null({f"{split}/{name}": value
+                                        for split in datamodule.split_names()
+                                        for name, value in module.evaluate(datamodule.eval_batches(split)).items()})
+    return part | {"final_precision": str(trainer.precision)}

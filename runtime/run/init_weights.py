@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from runtime.errors import ConfigError, require
@@ -61,10 +62,12 @@ def scale_init(net: nn.Module, scale: float) -> None:
 
 
 def prepare_init(net: nn.Module, run_dir: Path, init_from: str | None, scale: float) -> str:
-    """Load or scale the initial weights, save them in the run folder, and return their fingerprint."""
+    """Load or scale the initial weights, save them in the run folder (the main process only: under DDP every
+    rank builds the same weights), and return their fingerprint."""
     if init_from:
         load_init(net, init_from)
     else:
         scale_init(net, scale)
-    torch.save(net.state_dict(), run_dir / INIT_FILE)
+    if rank_zero_only.rank == 0:
+        torch.save(net.state_dict(), run_dir / INIT_FILE)
     return fingerprint(net)

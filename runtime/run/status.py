@@ -9,9 +9,10 @@ from typing import Any, Callable
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from runtime.errors import NonFiniteLossError
+from runtime.errors import NonFiniteLossError, RunInterrupted
 from runtime.run.signals import stop_request
 from runtime.run.summary import grok_summary
 
@@ -29,7 +30,9 @@ def fit_status(trainer: pl.Trainer, grok) -> dict[str, Any]:
 
 def ended_by(err: BaseException, trainer: pl.Trainer | None, grok) -> dict[str, Any]:
     """The status of a run that `err` ended: interrupted by a signal (with how far it got) or failed."""
-    stopped = stop_request.signum or (signal.SIGINT if isinstance(err, KeyboardInterrupt) else None)
+    # under DDP the rank that received the signal may be another: RunInterrupted carries the one they agreed on
+    stopped = (stop_request.signum or (err.signum if isinstance(err, RunInterrupted) else None)
+               or (signal.SIGINT if isinstance(err, KeyboardInterrupt) else None))
     if stopped is None and not isinstance(err, SIGTERMException):
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     part: dict[str, Any] = {"status": "interrupted", "signal": signal.Signals(stopped or signal.SIGTERM).name}
@@ -40,14 +43,16 @@ def ended_by(err: BaseException, trainer: pl.Trainer | None, grok) -> dict[str, 
 
 def diverged(module: pl.LightningModule, out: Path, err: NonFiniteLossError,
              say: Callable[[str], None]) -> dict[str, Any]:
-    """After a non-finite loss the net holds the weights after the last good step: save them when finite."""
+    """After a non-finite loss the net holds the weights after the last good step: save them when finite (the main
+    process only: under DDP every rank holds the same weights and stops at the same step)."""
     part: dict[str, Any] = {"status": "diverged", "error": str(err), "steps": err.step}
     finite = all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point())
     last = out / "checkpoints" / "last.ckpt"
     if finite:
         path = out / "checkpoints" / "last_finite.pt"
-        path.parent.mkdir(exist_ok=True)
-        torch.save(module.net.state_dict(), path)  # the net's weights, as init.pt: usable as init_from
+        if rank_zero_only.rank == 0:
+            path.parent.mkdir(exist_ok=True)
+            torch.save(module.net.state_dict(), path)  # the net's weights, as init.pt: usable as init_from
         say(f"{path.relative_to(out)} holds the weights after step {err.step}, the last finite ones"
             + ("; checkpoints/last.ckpt is the last state to resume from" if last.is_file() else ""))
         return part | {"last_finite_weights": str(path.relative_to(out))}

@@ -149,6 +149,8 @@ def test_a_vmapped_step_of_gdn_nets_never_enters_fla_and_gives_each_member_its_s
     ("callbacks=diagnostics", "callbacks.grokking_curves"),
     ("regularizer=spectral", "regularizer.spectral"),
     ("ckpt_path=/tmp/x.ckpt", "ckpt_path"),
+    # one loss scaler for all members: one member's overflow would skip every member's step
+    ("trainer.precision=16-mixed", "trainer.precision='16-mixed' is not allowed: expected 32-true or bf16-mixed"),
 ])
 def test_what_an_ensemble_cannot_honour_is_refused_by_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

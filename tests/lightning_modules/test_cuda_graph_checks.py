@@ -1,14 +1,18 @@
-"""What `module.cuda_graph=true` refuses, checked without a GPU (a trainer stand-in that claims one)."""
+"""What `module.cuda_graph=true` refuses, checked without a GPU: a trainer stand-in that claims one, and every
+full-batch preset's own parts (all but the device check, which needs CUDA)."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from callbacks import FiniteLossGuard, GrokkingTime, TemperatureAnnealing
+from callbacks import FiniteLossGuard, GrokkingTime, RunCheckpoint, TemperatureAnnealing
 from callbacks.grokfast import Grokfast
+from callbacks.throughput import Throughput
 from datamodules import ModularArithmetic
-from lightning_modules.cuda_graph import check_graphable
+from lightning_modules.cuda_graph import check_graphable, check_step_setup
 from runtime.errors import ConfigError
+from tests.conftest import ROOT
 
 
 def trainer(callbacks=(), precision="32-true", batch_size=-1):
@@ -17,35 +21,67 @@ def trainer(callbacks=(), precision="32-true", batch_size=-1):
                            callbacks=list(callbacks))
 
 
-def test_the_default_callbacks_are_allowed():
-    check_graphable(trainer([FiniteLossGuard(), GrokkingTime()]))
+def test_the_default_callbacks_are_allowed(tmp_path):
+    # RunCheckpoint's on_train_batch_start and Throughput's run before a step starts, around the replay
+    check_graphable(trainer([FiniteLossGuard(), GrokkingTime(), RunCheckpoint(str(tmp_path)), Throughput()]), None)
 
 
 @pytest.mark.parametrize("callback, name", [(Grokfast(), "Grokfast"),
                                             (TemperatureAnnealing(1.0, 0.1), "TemperatureAnnealing")])
 def test_callbacks_acting_inside_a_step_are_refused_by_name(callback, name):
     with pytest.raises(ConfigError, match=f"module.cuda_graph=True is not allowed: expected false with {name}"):
-        check_graphable(trainer([callback]))
+        check_graphable(trainer([callback]), None)
 
 
 @pytest.mark.parametrize("setting, message", [({"precision": "bf16-mixed"}, "precision=bf16-mixed"),
                                               ({"batch_size": 8}, "mini-batches")])
 def test_other_settings_a_graph_cannot_honour_are_refused(setting, message):
     with pytest.raises(ConfigError, match=message):
-        check_graphable(trainer(**setting))
+        check_graphable(trainer(**setting), None)
 
 
 def test_a_task_without_an_in_memory_training_split_is_refused_by_name():
     setting = trainer()
     setting.datamodule = type("TextStream", (), {"train_dataloader": lambda self: iter(())})()  # no `splits`
     with pytest.raises(ConfigError, match="expected false for TextStream, which holds no training split in memory"):
-        check_graphable(setting)
+        check_graphable(setting, None)
 
 
 def test_a_decaying_learning_rate_is_refused():
     from lightning_modules.optimization import AdamWRecipe
 
-    setting = trainer()
-    setting.lightning_module = SimpleNamespace(recipe=AdamWRecipe(schedule="cosine", decay_steps=100), net=None)
+    module = SimpleNamespace(recipe=AdamWRecipe(schedule="cosine", decay_steps=100), net=None)
     with pytest.raises(ConfigError, match="optimizer.schedule=cosine"):
-        check_graphable(setting)
+        check_graphable(trainer(), module)
+
+
+def test_the_device_check_needs_cuda():
+    setting = trainer()
+    setting.strategy.root_device = torch.device("cpu")
+    with pytest.raises(ConfigError, match="expected false unless training on a CUDA device"):
+        check_graphable(setting, None)
+    check_step_setup(setting, None, setting.datamodule)  # the rest holds on a CPU
+
+
+EXPERIMENTS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("*.yaml"))
+# the presets a captured step must refuse, with why
+REFUSED = {"least_action_gumbel": "TemperatureAnnealing, which changes net.temperature between steps"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_full_batch_preset_passes_the_captured_step_checks_with_its_own_callbacks(tmp_path, experiment):
+    """The preset's real data, module, callbacks and trainer (built as a launch builds them, on this machine's
+    device) through every check but the device's."""
+    from runtime.config.compose import compose_config
+    from runtime.run.assemble import assemble
+
+    cfg = compose_config([f"experiment={experiment}", "module.cuda_graph=true"], output_dir=tmp_path)
+    if cfg.data.get("batch_size") != -1:
+        pytest.skip(f"data.batch_size={cfg.data.get('batch_size')}: mini-batches, which a captured step refuses")
+    parts = assemble(cfg, Path(tmp_path), None, say=lambda line: None)
+    if experiment in REFUSED:
+        with pytest.raises(ConfigError, match=f"module.cuda_graph=True is not allowed: expected false with "
+                                              f"{REFUSED[experiment]}"):
+            check_step_setup(parts.trainer, parts.module, parts.datamodule)
+    else:
+        check_step_setup(parts.trainer, parts.module, parts.datamodule)
