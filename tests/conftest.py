@@ -78,6 +78,30 @@ def run_quietly(overrides, output_dir):
     return summary, printed.getvalue()
 
 
+def rebuilt(overrides, checkpoint):
+    """(module, task) of the run that `overrides` compose (the full list, SMALL included where the run had it): the
+    task and the net built afresh, the net holding `checkpoint`'s weights, in a plain TaskModule in eval mode.
+    What a test measures on it is independent of the run's own module, loggers and callbacks."""
+    from lightning_modules import AdamWRecipe, TaskModule
+    from runtime.config.build import build, build_net
+    from runtime.config.compose import compose_config
+
+    cfg = compose_config(list(overrides), output_dir=Path(checkpoint).parent.parent)
+    task = build(cfg.data, "data")
+    net = build_net(cfg.model, task.spec)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    return TaskModule(net, task.spec, AdamWRecipe()).eval(), task
+
+
+def evaluate_checkpoint(overrides, checkpoint):
+    """`<split>/<metric>` of `checkpoint`'s weights on every split of the task, by a freshly built module: what
+    summary.json's `final` must hold for the weights it names."""
+    module, task = rebuilt(overrides, checkpoint)
+    return {f"{split}/{name}": value for split in task.split_names()
+            for name, value in module.evaluate(task.eval_batches(split)).items()}
+
+
 def launch_cli(args, cwd, timeout=300, env=None):
     """Run `python launch.py ARGS` in a subprocess, as a user would."""
     return subprocess.run(
