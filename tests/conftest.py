@@ -145,6 +145,24 @@ def assert_resume_ends_as_straight_run(run_config, overrides, steps, stop_at):
 
 
 @pytest.fixture
+def drawn_figures(monkeypatch):
+    """drawn_figures(*callback modules) -> {name: Figure}, filled with every figure those modules publish from then
+    on (the latest under each name; each is still saved as its PNG), for tests to read the plotted data back."""
+    figures = {}
+
+    def watch(*modules):
+        for module in modules:
+            def record(trainer, name, figure, publish=module.publish_figure):
+                figures[name] = figure
+                return publish(trainer, name, figure)
+
+            monkeypatch.setattr(module, "publish_figure", record)
+        return figures
+
+    return watch
+
+
+@pytest.fixture
 def one_thread():
     """Tiny tensors: one thread beats two, by far on a busy machine (threads spin waiting for each other)."""
     before = torch.get_num_threads()
