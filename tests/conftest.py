@@ -5,6 +5,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -100,6 +101,42 @@ def evaluate_checkpoint(overrides, checkpoint):
     module, task = rebuilt(overrides, checkpoint)
     return {f"{split}/{name}": value for split in task.split_names()
             for name, value in module.evaluate(task.eval_batches(split)).items()}
+
+
+def token_routing_of_final_weights(overrides, run_dir, probe_size=8):
+    """What the token-routing diagnostic (callbacks/token_routing.py) logs at the end of a run, counted here token by
+    token from the run's last.ckpt: eval-mode routing of the first `probe_size` validation windows. The forward runs
+    on one thread, as the runs that use this do (threads=1), so its choices are the diagnostic's own, bit for bit.
+    -> {metric name: value} of every routed layer."""
+    module, task = rebuilt(overrides, Path(run_dir) / "checkpoints" / "last.ckpt")
+    probe = task.examples("val", probe_size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            aux = module.net(probe.inputs).aux
+    finally:
+        torch.set_num_threads(threads)
+    options = module.net.routing_options
+    answers = probe.answer_mask.tolist()  # (windows, tokens); all True for a language model's windows
+    some_answers = 0 < sum(map(sum, answers)) < sum(map(len, answers))
+    values = {}
+    for key in (k for k in aux if k.endswith("/routing")):
+        layer, prefix = key.split("/")[0], key.removesuffix("routing")
+        probs = aux[key].double().tolist()  # [window][token][option]
+        choices = aux[prefix + "expert_index"][..., 0].tolist()  # [window][token]
+        tokens = [(w, t) for w in range(len(choices)) for t in range(len(choices[w]))]
+        shares = [sum(choices[w][t] == j for w, t in tokens) / len(tokens) for j in range(len(options))]
+        mean_probs = [sum(probs[w][t][j] for w, t in tokens) / len(tokens) for j in range(len(options))]
+        values |= {f"routing/eval_share/{layer}/{name}": share for name, share in zip(options, shares)}
+        values[f"routing/eval_entropy/{layer}"] = sum(-sum(p * math.log(p) for p in probs[w][t])
+                                                      for w, t in tokens) / len(tokens)
+        values[f"routing/eval_balance/{layer}"] = len(options) * sum(f * p for f, p in zip(shares, mean_probs))
+        if some_answers:
+            for where, wanted in (("at_answers", True), ("elsewhere", False)):
+                picked = [choices[w][t] == len(options) - 1 for w, t in tokens if answers[w][t] == wanted]
+                values[f"routing/eval_share_{where}/{layer}/{options[-1]}"] = sum(picked) / len(picked)
+    return values
 
 
 def launch_cli(args, cwd, timeout=300, env=None):

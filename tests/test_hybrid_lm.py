@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from tests.conftest import metrics_rows, run_quietly
+from tests.conftest import metrics_rows, run_quietly, token_routing_of_final_weights
 
 # the CPU presets shrunk further: windows of 64 bytes, d_model 64, two layers
 TINY = ["data.seq_len=64", "data.batch_size=16", "data.eval_windows=32", "model.d_model=64", "model.n_heads=2",
@@ -60,6 +60,13 @@ def test_a_routed_run_logs_its_routing_and_draws_it(runs):
         assert 0 <= last[f"routing/eval_entropy/{layer}"] <= 0.6932
         assert 1.0 <= last[f"routing/eval_balance/{layer}"] <= 2.0  # E * sum f P: 1 balanced .. 2 collapsed
     assert 1.0 <= last["train/reg/balance"] <= 2.0
+    # the diagnostic's last values are the final weights' routing of its validation probe, counted here token by
+    # token (rel 1e-5: the diagnostic averages 512 tokens' entropies in float32)
+    expected = token_routing_of_final_weights([*DYNAMIC, *TINY], run_dir)
+    assert set(expected) == {"routing/eval_share/layer_1/gdn", "routing/eval_share/layer_1/softmax",
+                             "routing/eval_entropy/layer_1", "routing/eval_balance/layer_1"}  # text: no answers
+    for key, value in expected.items():
+        assert last[key] == pytest.approx(value, rel=1e-5), key
     temperatures = [float(row["gates/temperature"]) for row in rows if row.get("gates/temperature")]
     # annealed linearly from 1.0 to 0.5 over the 40 steps: step 39 trains at 1 - 0.5 * 39 / 40
     assert temperatures == sorted(temperatures, reverse=True) and temperatures[-1] == pytest.approx(0.5125)
