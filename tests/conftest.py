@@ -103,11 +103,10 @@ def evaluate_checkpoint(overrides, checkpoint):
             for name, value in module.evaluate(task.eval_batches(split)).items()}
 
 
-def token_routing_of_final_weights(overrides, run_dir, probe_size=8):
-    """What the token-routing diagnostic (callbacks/token_routing.py) logs at the end of a run, counted here token by
-    token from the run's last.ckpt: eval-mode routing of the first `probe_size` validation windows. The forward runs
-    on one thread, as the runs that use this do (threads=1), so its choices are the diagnostic's own, bit for bit.
-    -> {metric name: value} of every routed layer."""
+def final_routing(overrides, run_dir, probe_size=8):
+    """(probe, aux, routing options): the eval-mode forward of the run's last.ckpt on the first `probe_size`
+    validation windows, the probe of the token-routing diagnostic (callbacks/token_routing.py). It runs on one
+    thread, as the runs that use this do (threads=1), so its routing choices are the diagnostic's own, bit for bit."""
     module, task = rebuilt(overrides, Path(run_dir) / "checkpoints" / "last.ckpt")
     probe = task.examples("val", probe_size)
     threads = torch.get_num_threads()
@@ -117,7 +116,13 @@ def token_routing_of_final_weights(overrides, run_dir, probe_size=8):
             aux = module.net(probe.inputs).aux
     finally:
         torch.set_num_threads(threads)
-    options = module.net.routing_options
+    return probe, aux, module.net.routing_options
+
+
+def token_routing_of_final_weights(overrides, run_dir, probe_size=8):
+    """What the token-routing diagnostic logs at the end of a run, counted here token by token from final_routing.
+    -> {metric name: value} of every routed layer."""
+    probe, aux, options = final_routing(overrides, run_dir, probe_size)
     answers = probe.answer_mask.tolist()  # (windows, tokens); all True for a language model's windows
     some_answers = 0 < sum(map(sum, answers)) < sum(map(len, answers))
     values = {}
@@ -181,22 +186,23 @@ def assert_resume_ends_as_straight_run(run_config, overrides, steps, stop_at):
     assert_same_final_metrics(resumed, straight)
 
 
+def record_figures(monkeypatch, *modules):
+    """{name: Figure}, filled with every figure the callback `modules` publish from then on (the latest under each
+    name; each is still saved as its PNG), for tests to read the plotted data back from the figure's axes."""
+    figures = {}
+    for module in modules:
+        def record(trainer, name, figure, publish=module.publish_figure):
+            figures[name] = figure
+            return publish(trainer, name, figure)
+
+        monkeypatch.setattr(module, "publish_figure", record)
+    return figures
+
+
 @pytest.fixture
 def drawn_figures(monkeypatch):
-    """drawn_figures(*callback modules) -> {name: Figure}, filled with every figure those modules publish from then
-    on (the latest under each name; each is still saved as its PNG), for tests to read the plotted data back."""
-    figures = {}
-
-    def watch(*modules):
-        for module in modules:
-            def record(trainer, name, figure, publish=module.publish_figure):
-                figures[name] = figure
-                return publish(trainer, name, figure)
-
-            monkeypatch.setattr(module, "publish_figure", record)
-        return figures
-
-    return watch
+    """drawn_figures(*callback modules) -> record_figures of them for the test."""
+    return lambda *modules: record_figures(monkeypatch, *modules)
 
 
 @pytest.fixture
