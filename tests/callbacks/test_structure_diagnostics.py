@@ -31,7 +31,6 @@ def test_gated_run_draws_gate_heatmap_and_grokking_curves(run_config):
 
 
 def test_routing_diagnostics_measure_the_whole_grid(run_config):
-    from runtime.config.build import build_net  # the same net rebuilt from the final checkpoint's weights
     summary, run_dir = run_config([*FAST, *ROUTED])
     assert summary["status"] == "completed"
     assert {"routing_head_map.png", "routing_entropy.png", "attention_maps.png"} <= {
@@ -41,16 +40,9 @@ def test_routing_diagnostics_measure_the_whole_grid(run_config):
     assert last["step"] == 39  # measured after the 40th and last step
 
     # recompute independently from the final weights on all 7 x 7 inputs, read at the last input position
-    from datamodules import ModularArithmetic
-    from runtime.config.compose import compose_config
-    cfg = compose_config([*FAST, *ROUTED], output_dir=run_dir)
-    data = ModularArithmetic(**{k: v for k, v in cfg.data.items() if k != "_target_"})
-    net = build_net(cfg.model, data.spec)
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    net.eval()
+    module, data = rebuilt([*SMALL, *FAST, *ROUTED], run_dir / "checkpoints" / "last.ckpt")
     with torch.no_grad():
-        weights = net(data.grid().inputs).routing[0][:, -1]
+        weights = module.net(data.grid().inputs).routing[0][:, -1]
     assert weights.shape == (49, 4)
     assert last["routing/decisiveness/layer_0"] == pytest.approx(weights.max(-1).values.mean().item(), rel=1e-4)
     assert last["routing/eval_entropy/layer_0"] == pytest.approx(entropy(weights).mean().item(), rel=1e-4)
