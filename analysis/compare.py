@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
+from analysis.plots import new_figure, save
 from analysis.runs import Run
 from analysis.sweep import find_jobs
 from analysis.table import print_report, to_markdown
-from callbacks.diagnostic import new_figure
 from runtime.errors import ConfigError
 
 FINAL = ("val/loss", "val/perplexity", "val/bits_per_byte", "val/acc")
@@ -68,7 +69,8 @@ def comparison(paths: list[Path]) -> tuple[pd.DataFrame, list[Run]]:
     return table[[*rest, *shares, "wall_time_s", "folder"]], runs
 
 
-def plot_curves(runs: list[Run], table: pd.DataFrame, path: Path) -> Path:
+def loss_curves_figure(runs: list[Run], table: pd.DataFrame) -> Figure:
+    """Validation loss of each run over steps and over wall-clock seconds, labelled by the table's `run`."""
     fig = new_figure(11, 4)
     by_step, by_time = fig.subplots(1, 2)
     for run, label in zip(runs, table["run"]):
@@ -83,8 +85,7 @@ def plot_curves(runs: list[Run], table: pd.DataFrame, path: Path) -> Path:
     by_time.set(xlabel="wall-clock seconds (steps x wall time / steps)", ylabel="validation loss",
                 title="per second of training")
     by_step.legend(fontsize=7)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     table.to_csv(out / "comparison.csv", index=False)
     shown = table.drop(columns=["folder"])
     (out / "comparison.md").write_text(to_markdown(shown))
-    written = [out / "comparison.csv", out / "comparison.md", plot_curves(runs, table, out / "comparison.png")]
+    figure = save(loss_curves_figure(runs, table), out / "comparison.png")
+    written = [out / "comparison.csv", out / "comparison.md", figure]
     print_report(shown, written)
     return 0
 

@@ -5,6 +5,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -78,6 +79,71 @@ def run_quietly(overrides, output_dir):
     return summary, printed.getvalue()
 
 
+def rebuilt(overrides, checkpoint):
+    """(module, task) of the run that `overrides` compose (the full list, SMALL included where the run had it): the
+    task and the net built afresh, the net holding `checkpoint`'s weights, in a plain TaskModule in eval mode.
+    What a test measures on it is independent of the run's own module, loggers and callbacks."""
+    from lightning_modules import AdamWRecipe, TaskModule
+    from runtime.config.build import build, build_net
+    from runtime.config.compose import compose_config
+
+    cfg = compose_config(list(overrides), output_dir=Path(checkpoint).parent.parent)
+    task = build(cfg.data, "data")
+    net = build_net(cfg.model, task.spec)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    return TaskModule(net, task.spec, AdamWRecipe()).eval(), task
+
+
+def evaluate_checkpoint(overrides, checkpoint):
+    """`<split>/<metric>` of `checkpoint`'s weights on every split of the task, by a freshly built module: what
+    summary.json's `final` must hold for the weights it names."""
+    module, task = rebuilt(overrides, checkpoint)
+    return {f"{split}/{name}": value for split in task.split_names()
+            for name, value in module.evaluate(task.eval_batches(split)).items()}
+
+
+def final_routing(overrides, run_dir, probe_size=8):
+    """(probe, aux, routing options): the eval-mode forward of the run's last.ckpt on the first `probe_size`
+    validation windows, the probe of the token-routing diagnostic (callbacks/token_routing.py). It runs on one
+    thread, as the runs that use this do (threads=1), so its routing choices are the diagnostic's own, bit for bit."""
+    module, task = rebuilt(overrides, Path(run_dir) / "checkpoints" / "last.ckpt")
+    probe = task.examples("val", probe_size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            aux = module.net(probe.inputs).aux
+    finally:
+        torch.set_num_threads(threads)
+    return probe, aux, module.net.routing_options
+
+
+def token_routing_of_final_weights(overrides, run_dir, probe_size=8):
+    """What the token-routing diagnostic logs at the end of a run, counted here token by token from final_routing.
+    -> {metric name: value} of every routed layer."""
+    probe, aux, options = final_routing(overrides, run_dir, probe_size)
+    answers = probe.answer_mask.tolist()  # (windows, tokens); all True for a language model's windows
+    some_answers = 0 < sum(map(sum, answers)) < sum(map(len, answers))
+    values = {}
+    for key in (k for k in aux if k.endswith("/routing")):
+        layer, prefix = key.split("/")[0], key.removesuffix("routing")
+        probs = aux[key].double().tolist()  # [window][token][option]
+        choices = aux[prefix + "expert_index"][..., 0].tolist()  # [window][token]
+        tokens = [(w, t) for w in range(len(choices)) for t in range(len(choices[w]))]
+        shares = [sum(choices[w][t] == j for w, t in tokens) / len(tokens) for j in range(len(options))]
+        mean_probs = [sum(probs[w][t][j] for w, t in tokens) / len(tokens) for j in range(len(options))]
+        values |= {f"routing/eval_share/{layer}/{name}": share for name, share in zip(options, shares)}
+        values[f"routing/eval_entropy/{layer}"] = sum(-sum(p * math.log(p) for p in probs[w][t])
+                                                      for w, t in tokens) / len(tokens)
+        values[f"routing/eval_balance/{layer}"] = len(options) * sum(f * p for f, p in zip(shares, mean_probs))
+        if some_answers:
+            for where, wanted in (("at_answers", True), ("elsewhere", False)):
+                picked = [choices[w][t] == len(options) - 1 for w, t in tokens if answers[w][t] == wanted]
+                values[f"routing/eval_share_{where}/{layer}/{options[-1]}"] = sum(picked) / len(picked)
+    return values
+
+
 def launch_cli(args, cwd, timeout=300, env=None):
     """Run `python launch.py ARGS` in a subprocess, as a user would."""
     return subprocess.run(
@@ -118,6 +184,25 @@ def assert_resume_ends_as_straight_run(run_config, overrides, steps, stop_at):
                             name="resumed")
     assert resumed["steps"] == straight["steps"] == steps
     assert_same_final_metrics(resumed, straight)
+
+
+def record_figures(monkeypatch, *modules):
+    """{name: Figure}, filled with every figure the callback `modules` publish from then on (the latest under each
+    name; each is still saved as its PNG), for tests to read the plotted data back from the figure's axes."""
+    figures = {}
+    for module in modules:
+        def record(trainer, name, figure, publish=module.publish_figure):
+            figures[name] = figure
+            return publish(trainer, name, figure)
+
+        monkeypatch.setattr(module, "publish_figure", record)
+    return figures
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """drawn_figures(*callback modules) -> record_figures of them for the test."""
+    return lambda *modules: record_figures(monkeypatch, *modules)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""`python launch.py` as a user runs it: overrides, help, errors, multirun (sequential and joblib)."""
+"""`python launch.py` as a user runs it: overrides, help, errors, multirun (sequential and local_parallel)."""
 import pytest
 
-from tests.conftest import SMALL, launch_cli, read_json
+from tests.conftest import SMALL, launch_cli, metrics_rows, read_json
 
 FAST = [*SMALL, "trainer.max_steps=20"]
 
@@ -41,18 +41,27 @@ def test_unknown_names_are_rejected_by_name(tmp_path, arg, expected):
     assert result.returncode == 1 and expected in result.stderr
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
-def test_multirun_leaves_one_run_folder_per_job(tmp_path, launcher):
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+def test_multirun_leaves_one_complete_run_folder_per_job(tmp_path, launcher):
+    """Hydra's sequential launcher, and `local_parallel` (Hydra's joblib launcher: a process per job, a job per
+    core) as the README runs it, with threads=1."""
     sweep = tmp_path / "sweep"
     args = ["-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}"]
-    if launcher == "joblib":
-        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    if launcher == "local_parallel":
+        args += ["hydra/launcher=local_parallel", "threads=1"]
     result = launch_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert f"hydra/launcher: {launcher}" in (sweep / "multirun.yaml").read_text()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     summaries = [read_json(sweep / str(i) / "summary.json") for i in (0, 1)]
     assert [s["seed"] for s in summaries] == [0, 1]
     assert all(s["status"] == "completed" for s in summaries)
     assert summaries[0]["final"] != summaries[1]["final"]  # different inits
+    for job, summary in enumerate(summaries):  # each folder complete: steps, validations, checkpoints, config
+        assert summary["steps"] == 20 and f"seed={job}" in summary["overrides"]
+        assert summary["checkpoints"] == ["checkpoints/best.ckpt", "checkpoints/last.ckpt"]
+        assert [int(row["step"]) for row in metrics_rows(sweep / str(job)) if row.get("val/acc")] == [9, 19]
+        assert (sweep / str(job) / ".hydra" / "config.yaml").is_file() and (sweep / str(job) / "init.pt").is_file()
 
 
 def test_multirun_without_a_sweep_dir_goes_under_runs_experiment(tmp_path):

@@ -9,7 +9,9 @@ import io
 
 import pytest
 
-from tests.conftest import metrics_rows, run_quietly
+from matplotlib import colors
+
+from tests.conftest import final_routing, metrics_rows, record_figures, run_quietly, token_routing_of_final_weights
 
 # the CPU presets shrunk further: windows of 64 bytes, d_model 64, two layers
 TINY = ["data.seq_len=64", "data.batch_size=16", "data.eval_windows=32", "model.d_model=64", "model.n_heads=2",
@@ -23,11 +25,18 @@ DYNAMIC = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "m
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """{name: (summary, run folder, what it printed)} of a static and a dynamic run."""
+    import callbacks.token_routing
+
     base, results = tmp_path_factory.mktemp("hybrid_lm"), {}
     for name, overrides in (("static", STATIC), ("dynamic", DYNAMIC)):
-        summary, printed = run_quietly([*overrides, *TINY], base / name)
+        with pytest.MonkeyPatch.context() as patch:
+            FIGURES[name] = record_figures(patch, callbacks.token_routing)
+            summary, printed = run_quietly([*overrides, *TINY], base / name)
         results[name] = (summary, base / name, printed)
     return results
+
+
+FIGURES = {}  # {run name: {figure name: Figure}}: what the token-routing diagnostic drew in each run
 
 
 def test_a_short_cpu_run_predicts_bytes_far_below_their_unigram_entropy(runs):
@@ -60,6 +69,13 @@ def test_a_routed_run_logs_its_routing_and_draws_it(runs):
         assert 0 <= last[f"routing/eval_entropy/{layer}"] <= 0.6932
         assert 1.0 <= last[f"routing/eval_balance/{layer}"] <= 2.0  # E * sum f P: 1 balanced .. 2 collapsed
     assert 1.0 <= last["train/reg/balance"] <= 2.0
+    # the diagnostic's last values are the final weights' routing of its validation probe, counted here token by
+    # token (rel 1e-5: the diagnostic averages 512 tokens' entropies in float32)
+    expected = token_routing_of_final_weights([*DYNAMIC, *TINY], run_dir)
+    assert set(expected) == {"routing/eval_share/layer_1/gdn", "routing/eval_share/layer_1/softmax",
+                             "routing/eval_entropy/layer_1", "routing/eval_balance/layer_1"}  # text: no answers
+    for key, value in expected.items():
+        assert last[key] == pytest.approx(value, rel=1e-5), key
     temperatures = [float(row["gates/temperature"]) for row in rows if row.get("gates/temperature")]
     # annealed linearly from 1.0 to 0.5 over the 40 steps: step 39 trains at 1 - 0.5 * 39 / 40
     assert temperatures == sorted(temperatures, reverse=True) and temperatures[-1] == pytest.approx(0.5125)
@@ -75,6 +91,32 @@ def test_each_run_says_once_which_gdn_kernel_ran(runs):
     for summary, _, printed in runs.values():
         assert summary["gdn_kernel"] == expected
         assert printed.count("GDN kernel:") == 1 and f"[grokking-lab] GDN kernel: {expected}\n" in printed
+
+
+def test_the_routing_figures_draw_what_was_logged_and_the_final_choices(runs):
+    from callbacks.token_routing import OPTION_COLOURS, printable
+
+    _, run_dir, _ = runs["dynamic"]
+    rows, figures = metrics_rows(run_dir), FIGURES["dynamic"]
+    # over training: share to softmax, entropy and balance of layer_1 at each measurement (steps 0, 20, 40)
+    panels = figures["routing/over_training"].axes
+    for ax, key in zip(panels, ("eval_share/layer_1/softmax", "eval_entropy/layer_1", "eval_balance/layer_1")):
+        (line,) = ax.get_lines()[:1]
+        assert list(line.get_xdata()) == [0, 20, 40] and line.get_label() == "layer_1"
+        logged = [float(row[f"routing/{key}"]) for row in rows if row.get(f"routing/{key}")]
+        assert list(line.get_ydata()) == pytest.approx(logged, rel=1e-6), key
+    # the sample: the first probe window's 64 bytes, each on the colour of the option layer_1 sent it to
+    probe, aux, options = final_routing([*DYNAMIC, *TINY], run_dir)
+    choices = aux["layer_1/mixer/expert_index"][0, :, 0].tolist()
+    (ax,) = figures["routing/tokens"].axes
+    tokens = probe.inputs[0].tolist()
+    assert len(ax.texts) == len(tokens) == len(choices) == 64
+    assert [colors.to_hex(text.get_bbox_patch().get_facecolor()) for text in ax.texts] == [
+        OPTION_COLOURS[c] for c in choices]
+    ascii_bytes = [(text.get_text(), t) for text, t in zip(ax.texts, tokens) if t < 128]
+    assert len(ascii_bytes) > 32 and all(glyph == printable(chr(t))[0] for glyph, t in ascii_bytes)
+    share = sum(c == options.index("softmax") for c in choices) / len(choices)
+    assert ax.get_title().startswith(f"layer_1: {share:.0%} of these tokens to softmax")
 
 
 def test_the_static_run_stands_the_routing_diagnostic_aside(runs):
@@ -95,6 +137,22 @@ def test_compare_puts_static_and_dynamic_side_by_side(runs, tmp_path):
     assert static["softmax_share/layer_1"] == "" and 0 <= float(dynamic["softmax_share/layer_1"]) <= 1
     assert float(dynamic["train_tokens_per_s"]) > 0 and int(static["parameters"]) > 0
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
+    # the figure: a run's logged validation losses over steps done and over its wall time spread evenly; only the
+    # static run has any (the dynamic run's 40 steps end before its first validation, every 50 steps)
+    from analysis.compare import comparison, loss_curves_figure
+    frame, compared = comparison([runs["static"][1], runs["dynamic"][1]])
+    by_step, by_time = loss_curves_figure(compared, frame).axes
+    (on_steps,), (on_time,) = by_step.get_lines(), by_time.get_lines()
+    assert on_steps.get_label() == on_time.get_label() == frame["run"][0]
+    summary, run_dir, _ = runs["static"]
+    logged = [(int(r["step"]) + 1, float(r["val/loss"])) for r in metrics_rows(run_dir) if r.get("val/loss")]
+    assert [step for step, _ in logged] == [50, 100, 150]
+    assert list(on_steps.get_xdata()) == [50, 100, 150]
+    assert list(on_steps.get_ydata()) == pytest.approx([loss for _, loss in logged], rel=1e-9)
+    seconds_per_step = summary["wall_time_s"] / summary["steps"]
+    assert list(on_time.get_xdata()) == pytest.approx([50 * seconds_per_step, 100 * seconds_per_step,
+                                                       150 * seconds_per_step], rel=1e-9)
+    assert list(on_time.get_ydata()) == list(on_steps.get_ydata())
     assert "| hybrid_static_cpu" in printed.getvalue()
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from runtime.errors import ConfigError
-from tests.conftest import assert_resume_ends_as_straight_run, metrics_rows, read_json
+from tests.conftest import (SMALL, assert_resume_ends_as_straight_run, assert_same_final_metrics, evaluate_checkpoint,
+                            metrics_rows, read_json)
 
 LEARNS = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optimizer.lr=3e-3",
           "trainer.max_steps=1500", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25"]
@@ -37,8 +38,30 @@ def test_run_folder_holds_summary_metrics_and_checkpoints(run_config):
     names = set(metrics_rows(run_dir)[0])
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "step"} <= names
     # final numbers are measured on the final weights: they match a fresh evaluation of last.ckpt
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 40
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 40
+    assert "final_weights" not in on_disk  # named only when they are best.ckpt's
+    fresh = evaluate_checkpoint([*SMALL, "data.test_fraction=0.2"], last)
+    assert set(fresh) == set(on_disk["final"])
+    assert_same_final_metrics(on_disk, {"final": fresh})
+
+
+@pytest.mark.parametrize("weights", ["last", "best"])
+def test_main_returns_the_final_value_of_the_optimized_metric(tmp_path, weights):
+    """What a sweeper optimises: the final number of `optimized_metric`, of the weights summary.json's `final` is
+    measured on. Judged by val/loss, which this run's final numbers hold beside val/acc."""
+    from launch import main
+    from runtime.config.compose import compose_config
+
+    out = tmp_path / "run"
+    value = main(compose_config([*SMALL, "optimized_metric=val/loss", "optimized_mode=min",
+                                 f"final_weights={weights}"], output_dir=out))
+    assert value == read_json(out / "summary.json")["final"]["val/loss"]
+    # the validations logged at steps 10..40 (rows count steps done - 1): the last one saw the last weights,
+    # the lowest one best.ckpt's
+    logged = {int(r["step"]) + 1: float(r["val/loss"]) for r in metrics_rows(out) if r.get("val/loss")}
+    assert sorted(logged) == [10, 20, 30, 40]
+    assert value == pytest.approx(logged[40] if weights == "last" else min(logged.values()), rel=1e-5)
 
 
 @pytest.mark.parametrize("batch", ["-1", "32"])

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from analysis import load_curves, load_run, load_sweep, pareto_front, seed_bands, to_markdown
-from analysis.plots import grok_step_figure
+from analysis.plots import curves_figure, grok_step_figure, phase_diagram
 from analysis.runs import parse_overrides, read_metrics
+from analysis.table import DEPTH
 from runtime.errors import ConfigError
 from tests.conftest import ROOT, launch_cli, read_json
 
@@ -124,6 +125,32 @@ def test_curves_and_seed_bands(sweep):
     np.testing.assert_allclose(grokking["max"], expected.max(axis=1))
     assert (grokking["n"] == 2).all() and set(bands.index.get_level_values(0)) == {
         "optimizer.weight_decay=1.0", "optimizer.weight_decay=5.0"}
+
+
+def test_the_phase_diagram_and_the_curves_draw_the_sweep(sweep):
+    folder, _ = sweep
+    table, curves = load_sweep(folder), load_curves(folder)
+    done = table[table["status"] == "completed"]
+    assert len(done) == 4
+    # the phase diagram: one point per completed run at (effective depth, val acc), a colour per weight decay
+    axes = phase_diagram(table).axes[0]
+    drawn = {c.get_label(): sorted(map(tuple, c.get_offsets().tolist())) for c in axes.collections
+             if not c.get_label().startswith("_")}
+    by_decay = {f"optimizer.weight_decay={decay}": sorted(zip(rows[DEPTH].astype(float), rows["val/acc"].astype(float)))
+                for decay, rows in done.groupby("optimizer.weight_decay")}
+    assert drawn == by_decay
+    # the frontier: the points no other point beats (depth <= and accuracy >=, one strictly), by depth
+    points = [point for group in by_decay.values() for point in group]
+    front = sorted(p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points))
+    (line,) = [line for line in axes.get_lines() if line.get_label() == "Pareto frontier"]
+    assert list(zip(line.get_xdata(), line.get_ydata())) == front
+    # the curves: per weight decay, the mean over its two seeds of each logged val/acc
+    val = curves[curves["metric"] == "val/acc"].pivot(index="step", columns="run", values="value")
+    lines = {line.get_label(): line for line in curves_figure(curves, table).axes[0].get_lines()}
+    for decay, runs in ((1.0, ["0", "1"]), (5.0, ["2", "3"])):
+        line = lines[f"optimizer.weight_decay={decay} (n=2)"]
+        assert list(line.get_xdata()) == list(val.index)
+        np.testing.assert_allclose(line.get_ydata(), val[runs].mean(axis=1), rtol=1e-12)
 
 
 def test_cli_prints_the_table_and_writes_table_and_plots(sweep, tmp_path):

@@ -345,10 +345,21 @@ def test_a_run_logs_curvature_draws_it_keeps_its_history_through_resume_and_is_n
         assert resumed["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
 
 
-def test_the_figure_draws_negative_values_as_magnitudes(tmp_path):
+def test_the_figure_draws_negative_values_as_magnitudes(tmp_path, drawn_figures):
+    import callbacks.curvature
+
+    figures = drawn_figures(callbacks.curvature)
     callback = Curvature()
     callback.history = [{"step": s, "grad_norm": 0.1, "hessian_trace": -3.0 + s, "top_eigenvalue": -2.0,
                          "fisher_trace": 1.0} for s in (0, 10)]
     trainer = SimpleNamespace(default_root_dir=str(tmp_path), loggers=[], global_step=10)
     callback.plot(trainer, None)
     assert (tmp_path / "plots" / "curvature_history.png").stat().st_size > 1000
+    (ax,) = figures["curvature/history"].axes
+    assert ax.get_yscale() == "log"
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+    assert lines == {"grad norm": ([0, 10], [0.1, 0.1]), "|hessian trace|": ([0, 10], [3.0, 7.0]),
+                     "|top eigenvalue|": ([0, 10], [2.0, 2.0]), "fisher trace": ([0, 10], [1.0, 1.0])}
+    (marks,) = ax.collections  # the negative values, marked where their magnitude is drawn
+    assert marks.get_label() == "negative value"
+    assert sorted(map(tuple, marks.get_offsets().tolist())) == [(0.0, 2.0), (0.0, 3.0), (10.0, 2.0)]

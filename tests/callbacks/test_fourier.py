@@ -174,17 +174,10 @@ FOURIER = ["+callbacks.fourier._target_=callbacks.fourier.FourierSpectrum", "+ca
 
 
 def final_net(run_dir, overrides):
-    """The net rebuilt from the run's last checkpoint, and its data."""
-    from datamodules import ModularArithmetic
-    from runtime.config.build import build_net
-    from runtime.config.compose import compose_config
-    from tests.conftest import SMALL
-    cfg = compose_config([*SMALL, *overrides], output_dir=run_dir)
-    data = ModularArithmetic(**{k: v for k, v in cfg.data.items() if k != "_target_"})
-    net = build_net(cfg.model, data.spec)
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    return net.eval(), data
+    """The net rebuilt from the run's last checkpoint (eval mode), and its data."""
+    from tests.conftest import SMALL, rebuilt
+    module, data = rebuilt([*SMALL, *overrides], run_dir / "checkpoints" / "last.ckpt")
+    return module.net, data
 
 
 def check_plots_and_last_row(run_dir, energies):

@@ -1,10 +1,16 @@
 """Gate, routing, attention and grokking-curve diagnostics in real short runs: their numbers, PNGs and resume."""
+from types import SimpleNamespace
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from datamodules.task import at_answers
 from lightning_modules.routing_regularizers import entropy
+from nets.output import NetOutput
+from tests.conftest import SMALL, rebuilt
 
 FAST = ["callbacks=diagnostics", "callbacks.gates.every_n_steps=10", "callbacks.routing.every_n_steps=20",
         "callbacks.attention.every_n_steps=20", "callbacks.grokking_curves.plot_every_n_steps=20"]
@@ -25,7 +31,6 @@ def test_gated_run_draws_gate_heatmap_and_grokking_curves(run_config):
 
 
 def test_routing_diagnostics_measure_the_whole_grid(run_config):
-    from runtime.config.build import build_net  # the same net rebuilt from the final checkpoint's weights
     summary, run_dir = run_config([*FAST, *ROUTED])
     assert summary["status"] == "completed"
     assert {"routing_head_map.png", "routing_entropy.png", "attention_maps.png"} <= {
@@ -35,16 +40,9 @@ def test_routing_diagnostics_measure_the_whole_grid(run_config):
     assert last["step"] == 39  # measured after the 40th and last step
 
     # recompute independently from the final weights on all 7 x 7 inputs, read at the last input position
-    from datamodules import ModularArithmetic
-    from runtime.config.compose import compose_config
-    cfg = compose_config([*FAST, *ROUTED], output_dir=run_dir)
-    data = ModularArithmetic(**{k: v for k, v in cfg.data.items() if k != "_target_"})
-    net = build_net(cfg.model, data.spec)
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    net.eval()
+    module, data = rebuilt([*SMALL, *FAST, *ROUTED], run_dir / "checkpoints" / "last.ckpt")
     with torch.no_grad():
-        weights = net(data.grid().inputs).routing[0][:, -1]
+        weights = module.net(data.grid().inputs).routing[0][:, -1]
     assert weights.shape == (49, 4)
     assert last["routing/decisiveness/layer_0"] == pytest.approx(weights.max(-1).values.mean().item(), rel=1e-4)
     assert last["routing/eval_entropy/layer_0"] == pytest.approx(entropy(weights).mean().item(), rel=1e-4)
@@ -63,9 +61,82 @@ def test_at_answers_reads_token_nets_where_the_answer_is():
     assert torch.equal(at_answers(w[:, 0], last), w[:, 0])  # one-hot nets: one row per example
 
 
-def test_multi_op_routing_draws_usage_by_operation(run_config):
-    summary, run_dir = run_config([*FAST, *ROUTED, "data.operations=[add,mul]"])
-    assert (run_dir / "plots" / "routing_usage_by_operation.png").stat().st_size > 5000
+class PlantedRouting(torch.nn.Module):
+    """A routed net whose routing is planted: at the answer position (the last of a tokens row [a, op, b, =]) head
+    (a + op index) % 4 gets 0.7 and the others 0.1 each; every other position is uniform."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, inputs):
+        n, t = inputs.shape
+        weights = torch.full((n, t, 4), 0.25)
+        favoured = (inputs[:, 0] + inputs[:, 1] - self.p) % 4  # the op token of operation i is p + i
+        weights[:, -1] = 0.1 + 0.6 * F.one_hot(favoured, 4)
+        return NetOutput(torch.zeros(n, t, self.p), aux={"layer_0/ffn/routing": weights})
+
+
+class Holder(torch.nn.Module):
+    """What a diagnostic reads of a LightningModule: `net`, `device`, the training mode."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+
+def test_routing_by_operation_and_the_head_map_are_the_planted_routing(tmp_path, drawn_figures):
+    import callbacks.routing
+    from callbacks.routing import RoutingDiagnostics
+    from datamodules import ModularArithmetic
+
+    p = 7
+    task, module = ModularArithmetic(p=p, operations=["add", "mul"], format="tokens"), Holder(PlantedRouting(p))
+    trainer = SimpleNamespace(datamodule=task, global_step=40, default_root_dir=str(tmp_path), loggers=[],
+                              is_global_zero=True)
+    figures = drawn_figures(callbacks.routing)
+    callback = RoutingDiagnostics()
+    callback.setup(trainer, module, "fit")
+    metrics = callback.measure(trainer, module)
+    callback.plot(trainer, module)
+
+    # head j's mean weight over an operation's equations: b takes every value for every a, so it is the mean
+    # over a of 0.1 + 0.6 [(a + op) % 4 == j]
+    expected = np.array([[0.1 + 0.6 * np.mean([(a + op) % 4 == j for a in range(p)]) for j in range(4)]
+                         for op in range(2)])
+    assert not np.allclose(expected[0], expected[1])  # the operations route differently
+    np.testing.assert_allclose(callback.usage_by_op[0], expected, rtol=1e-6)
+    (ax,) = [a for a in figures["routing/usage_by_operation"].axes if a.get_images()]
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), expected, rtol=1e-6)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["add", "mul"]
+    # the first operation's grid, a-major: the argmax head is a % 4 for every b
+    head_map = [a for a in figures["routing/head_map"].axes if a.get_images()][0].get_images()[0].get_array()
+    np.testing.assert_array_equal(head_map, [[a % 4] * p for a in range(p)])
+    # read at the answer of every add equation: 0.7 the largest weight, H(0.7, 0.1, 0.1, 0.1) the entropy
+    h = -(0.7 * np.log(0.7) + 3 * 0.1 * np.log(0.1))
+    assert metrics == pytest.approx({"routing/decisiveness/layer_0": 0.7, "routing/eval_entropy/layer_0": h},
+                                    rel=1e-6)
+    (line,) = figures["routing/entropy"].axes[0].get_lines()
+    assert list(line.get_xdata()) == [40] and line.get_ydata()[0] == pytest.approx(h, rel=1e-6)
+
+
+def test_a_multi_op_run_draws_usage_by_operation_of_its_final_weights(run_config, drawn_figures):
+    import callbacks.routing
+
+    figures = drawn_figures(callbacks.routing)
+    overrides = [*FAST, *ROUTED, "data.operations=[add,mul]"]
+    _, run_dir = run_config(overrides)
+    (ax,) = [a for a in figures["routing/usage_by_operation"].axes if a.get_images()]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["add", "mul"]
+    # recomputed from the final weights on every equation, read at the last input position [a, op, b, =]
+    module, task = rebuilt([*SMALL, *overrides], run_dir / "checkpoints" / "last.ckpt")
+    inputs = task.modular_structure().all.inputs
+    with torch.no_grad():
+        weights = module.net(inputs).routing[0][:, -1]
+    expected = torch.stack([weights[inputs[:, 1] == 7 + op].mean(0) for op in range(2)])  # op tokens: p + i
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), expected.numpy(), rtol=1e-4)
 
 
 def test_diagnostic_history_survives_resume(run_config):

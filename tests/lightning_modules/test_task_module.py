@@ -140,3 +140,24 @@ def test_only_a_loss_scaler_with_clipping_gives_up_the_fused_adamw():
         module.trainer = SimpleNamespace(precision=precision, precision_plugin=SimpleNamespace(scaler=scaler),
                                          gradient_clip_val=clip)
         assert bool(module.configure_optimizers()["optimizer"].defaults.get("fused")) == fused, (precision, clip)
+
+
+@pytest.mark.parametrize("shape", [(7, 4), (7, 3, 4)], ids=["one_hot_net", "token_net"])
+def test_head_usage_per_operation_is_the_mean_over_that_operation_s_examples(shape):
+    """Planted routing weights, each operation's examples leaning to another head: every group's usage is the mean
+    over its own examples (and their positions), computed here example by example."""
+    from lightning_modules.task_module import structure_metrics
+
+    group = torch.tensor([0, 1, 1, 0, 2, 1, 0])
+    leaning = F.one_hot(torch.tensor([0, 3, 1])[group], 4).double() * 3.0  # add -> head 0, mul -> 3, sub -> 1
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights = torch.softmax(noise + (leaning if len(shape) == 2 else leaning[:, None]), -1)
+    names = {0: "add", 1: "mul", 2: "sub"}
+    metrics = structure_metrics(NetOutput(torch.zeros(7, 5), aux={"layer_1/ffn/routing": weights}), group, names)
+    rows = weights.reshape(7, -1, 4)  # (examples, positions, heads)
+    for index, name in names.items():
+        mine = [rows[b, t] for b in range(7) if group[b] == index for t in range(rows.shape[1])]
+        expected = sum(mine) / len(mine)
+        logged = torch.stack([metrics[f"routing/usage/layer_1/{name}/head_{j}"] for j in range(4)])
+        torch.testing.assert_close(logged, expected, rtol=1e-12, atol=0)
+        assert logged.argmax() == [0, 3, 1][index]  # the planted leaning shows: the groups' usages differ

@@ -1,4 +1,5 @@
 import csv
+import math
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from lightning_modules.param_groups import split_by_decay
 from nets import GatedMLP, InvalidSetting
 from nets.output import NetOutput
 from runtime.errors import ConfigError
+from tests.conftest import metrics_rows
 
 
 def net(**kw):
@@ -161,6 +163,23 @@ def test_compute_cost_lowers_effective_depth_from_the_same_init(run_config):
     free_depth, pressed_depth = final_effective_depth(free), final_effective_depth(pressed)
     print(f"effective depth after 200 steps: lambda=0 {free_depth:.3f}, lambda=0.5 {pressed_depth:.3f}")
     assert pressed_depth < free_depth - 1.0
+
+
+@pytest.mark.parametrize("preset, plus_sum", [("compute_entropy", False), ("compute_sum_entropy", True)])
+def test_entropy_compute_costs_as_configured_log_their_definition_on_the_logged_gates(run_config, preset, plus_sum):
+    """`regularizer=compute_entropy` and `compute_sum_entropy` in a short run of the least-action net: on every
+    logged row the term is sum_l H(g_l) (plus sum_l g_l) of that row's gates, and the total loss adds the preset's
+    λ = 0.01 times it to the task loss (rel 1e-5: float32 sums of 3 gates and of 2 losses)."""
+    _, run_dir = run_config(["experiment=least_action", f"regularizer={preset}", "data.p=11", "model.hidden_dim=16",
+                             "model.n_layers=3", "model.gate_init=0.5", "optimizer.lr=1e-2"])
+    rows = [row for row in metrics_rows(run_dir) if row.get("train/reg/compute")]
+    assert [int(row["step"]) for row in rows] == [9, 19, 29, 39]
+    for row in rows:
+        gates = [float(row[f"gates/layer_{i}"]) for i in range(3)]
+        term = sum(-(g * math.log(g) + (1 - g) * math.log(1 - g)) for g in gates) + (sum(gates) if plus_sum else 0)
+        assert float(row["train/reg/compute"]) == pytest.approx(term, rel=1e-5)
+        assert float(row["train/total_loss"]) == pytest.approx(float(row["train/task_loss"]) + 0.01 * term, rel=1e-5)
+    assert float(rows[0]["gates/layer_0"]) != float(rows[-1]["gates/layer_0"])  # the gates trained
 
 
 def test_short_run_with_one_width_per_layer_trains(run_config):

@@ -98,8 +98,19 @@ BEFORE_PARTS = {
               -170.66726043655217, 10737.836187219633),
     "routed": (dict(ffn="routed", n_ffn_heads=4), 33, 1288.0736048795861, 6685.366344993321),
 }
+# Why the bits, pinned, and not the distribution: what this guards is which numbers a seed draws (order, count,
+# scale), which a distribution test cannot see. PyTorch does not promise the same random numbers across releases,
+# so other versions skip. Within 2.13 the kernel set changes the last bits: the vectorised normal sampler
+# (AVX2/AVX-512) and the scalar one (ATEN_CPU_CAPABILITY=default) differ by at most 2.1e-8 of the absolute
+# checksum (measured); anything drawn otherwise moves whole values, by orders of magnitude more than the margin
+# of 1e-6 of the absolute checksum below.
+RECORDED_WITH = (2, 13)
+TORCH = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
 
 
+@pytest.mark.skipif(TORCH != RECORDED_WITH, reason=f"initial-weight checksums recorded with torch "
+                    f"{'.'.join(map(str, RECORDED_WITH))}'s CPU generator; torch {torch.__version__} may draw "
+                    "other numbers from the same seed")
 @pytest.mark.parametrize("name", BEFORE_PARTS)
 def test_initial_weights_are_those_of_the_transformer_before_parts(name):
     kw, count, signed, absolute = BEFORE_PARTS[name]
@@ -107,9 +118,10 @@ def test_initial_weights_are_those_of_the_transformer_before_parts(name):
     net = transformer(vocab_size=12, num_classes=10, seq_len=7, n_layers=2, d_model=16, n_heads=2, **kw)
     values = list(net.state_dict().values())
     assert len(values) == count
-    assert sum((i + 1) * t.double().sum().item() for i, t in enumerate(values)) == pytest.approx(signed, rel=1e-9)
+    margin = 1e-6 * absolute  # the rounding of the kernel sets (above)
+    assert sum((i + 1) * t.double().sum().item() for i, t in enumerate(values)) == pytest.approx(signed, abs=margin)
     assert sum((i + 1) * t.double().abs().sum().item() for i, t in enumerate(values)) == pytest.approx(absolute,
-                                                                                                       rel=1e-9)
+                                                                                                       abs=margin)
 
 
 def test_parameter_names_are_those_of_the_transformer_before_parts():
