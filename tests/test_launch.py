@@ -14,6 +14,7 @@ LEARNS = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optim
           "trainer.max_steps=2500", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25"]
 
 
+@pytest.mark.rounding
 def test_short_run_learns_addition_and_records_grokking_steps(run_config):
     summary, run_dir = run_config([*LEARNS, "callbacks.grokking_time.stop_after_steps=50"])
     assert summary["final"]["val/acc"] >= 0.95

@@ -39,12 +39,14 @@ def runs(tmp_path_factory):
     return results
 
 
+@pytest.mark.rounding
 def test_every_ffn_type_learns_the_held_out_numbers(runs):
     for name, (summary, _, _) in runs.items():
         assert summary["final"]["val/exact_match"] >= LEARNED_VAL, name
         assert summary["final"]["train/exact_match"] >= LEARNED_TRAIN, name
 
 
+@pytest.mark.rounding
 def test_the_best_checkpoint_is_the_best_logged_validation_and_gives_the_final_numbers(runs):
     for name, (summary, _, validations) in runs.items():
         curve = {step: metrics["val/exact_match"] for step, metrics in validations.items()}
@@ -55,6 +57,7 @@ def test_the_best_checkpoint_is_the_best_logged_validation_and_gives_the_final_n
             assert summary["final"][key] == pytest.approx(value, rel=1e-6, abs=1e-6), (name, key)
 
 
+@pytest.mark.rounding
 def test_the_status_is_what_the_logged_curve_implies(runs):
     for name, (summary, _, validations) in runs.items():
         curve = {step: metrics["val/exact_match"] for step, metrics in validations.items()}
@@ -81,6 +84,7 @@ def test_parameter_matching_is_printed_and_within_one_percent(runs):
         assert abs(float(ffn.rsplit(", ", 1)[1].rstrip("%)"))) < 1.0, ffn
 
 
+@pytest.mark.rounding
 def test_the_final_weights_are_analysed(runs):
     for name, (summary, _, _) in runs.items():
         circuits = summary["circuits"]

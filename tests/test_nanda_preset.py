@@ -94,6 +94,7 @@ def test_train_fraction_sweep_preset_spans_thirty_to_seventy_percent():
     assert values == [0.3, 0.4, 0.5, 0.6, 0.7]
 
 
+@pytest.mark.rounding
 def test_a_short_run_on_a_b_eq_learns(run_config):
     # p=11, 60 steps. Train acc over seeds 0-9: 0.18-0.33 after 10 steps, 0.92-1.0 after 40, 1.0 from 50 on in all
     summary, run_dir = run_config(["experiment=nanda_grok", "data.train_fraction=0.5", "trainer.max_steps=60"])

@@ -56,6 +56,7 @@ def test_hydra_runs_every_job_and_reports_the_failure_at_the_end(sweep):
     assert statuses == ["completed"] * 4 + ["failed"] * 2
 
 
+@pytest.mark.rounding
 def test_table_rows_equal_each_runs_summary(sweep):
     folder, _ = sweep
     table = load_sweep(folder)
@@ -95,6 +96,7 @@ def test_failed_killed_and_missing_jobs_all_keep_a_row(sweep, tmp_path):
     assert list(load_curves(copy)["run"].unique()) == ["0", "1"]
 
 
+@pytest.mark.rounding
 def test_metrics_merge_lightning_rows_into_one_row_per_optimiser_step(sweep):
     folder, _ = sweep
     run = load_run(folder / "2")
@@ -253,6 +255,7 @@ def test_grok_step_figure_puts_not_grokked_runs_above_the_budget_on_a_log_axis()
         "budget (1000 steps)"}
 
 
+@pytest.mark.rounding
 def test_table_names_each_runs_dynamics_and_pairs_share_an_init(sweep):
     from analysis.dynamics import LABELS
     from analysis.table import curve, dynamics

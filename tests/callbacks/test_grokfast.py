@@ -265,6 +265,7 @@ def test_resume_with_a_moving_average_filter_matches_an_uninterrupted_run(run_co
 GROKFAST_SEEDS, GROKFAST_MAX_STEPS = (0, 1, 2, 3, 4), 3500
 
 
+@pytest.mark.rounding
 def test_grokfast_reaches_095_in_fewer_steps_from_the_same_init(run_config):
     """p=23 addition, 80% train, batches of 64, lr 2e-3, wd 1, the default clip 1.0 (applied before the filter),
     each seed's two arms from the same init; the medians over seeds, the no-filter arm capped (a run that has not got

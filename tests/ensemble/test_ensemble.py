@@ -57,6 +57,7 @@ def assert_same_run(member, member_dir, solo, solo_dir, rel=1e-4, acc=1e-6):
         assert member["final"][key] == pytest.approx(value, rel=rel, abs=acc), key
 
 
+@pytest.mark.rounding
 @pytest.mark.parametrize("common", [MLP, TRANSFORMER], ids=["mlp", "transformer"])
 def test_every_member_logs_what_its_solo_run_logs(tmp_path, run_config, one_thread, common):
     per_member = [["seed=0"], ["seed=1", "optimizer.weight_decay=0.3"], ["seed=2", "optimizer.lr=3e-3",
@@ -74,6 +75,7 @@ def test_every_member_logs_what_its_solo_run_logs(tmp_path, run_config, one_thre
             assert (tensor - solo_weights[name]).norm() <= 1e-2 * solo_weights[name].norm() + 1e-6, name
 
 
+@pytest.mark.rounding
 def test_a_diverging_member_stops_alone_and_keeps_its_last_good_weights(tmp_path, run_config, one_thread):
     # init_scale 1e20 overflows the logits: the loss is NaN on the very first step
     summaries, dirs = train_ensemble(tmp_path, MLP, [["seed=0"], ["seed=1", "init_scale=1e20"], ["seed=2"]])
@@ -103,6 +105,7 @@ class MemberUpdates(Callback):
         self.changed[trainer.global_step] = (self.last != self.before).any(1).tolist()
 
 
+@pytest.mark.rounding
 def test_a_grokked_member_stops_after_its_patience_while_the_others_go_on(tmp_path, one_thread):
     """The stopping rule itself, whatever step rounding lets the member grok at: it stops exactly
     stop_after_steps (50) after the grokking step it logged, its weights no longer change from there, and the

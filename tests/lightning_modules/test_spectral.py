@@ -38,6 +38,7 @@ def test_mixture_weighs_energies():
     assert spectral_term(low + high, p).item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.rounding
 def test_spectral_penalty_lowers_the_term_against_no_penalty_from_the_same_init(run_config):
     import pandas as pd
 
