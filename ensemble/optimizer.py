@@ -55,8 +55,11 @@ class StackedAdamW(torch.optim.Optimizer):
         exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
         exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
         lr = group["lr"] * min(1.0, self.updates / self.warmup_steps)
-        denom = exp_avg_sq.sqrt() / (1 - beta2**step).sqrt() + group["eps"]
-        updated = flat * (1 - lr * group["weight_decay"]) - lr / (1 - beta1**step) * exp_avg / denom
+        # bias corrections in float64, as torch's AdamW takes them: in float32, 1 - 0.98**1 is off by 1.5e-6
+        t = step.double()
+        correction1, correction2 = (1 - beta1**t).to(flat.dtype), (1 - beta2**t).sqrt().to(flat.dtype)
+        denom = exp_avg_sq.sqrt() / correction2 + group["eps"]
+        updated = flat * (1 - lr * group["weight_decay"]) - lr / correction1 * exp_avg / denom
         flat.copy_(torch.where(keep, updated, flat))
         state["exp_avg"].copy_(torch.where(keep, exp_avg, state["exp_avg"]))
         state["exp_avg_sq"].copy_(torch.where(keep, exp_avg_sq, state["exp_avg_sq"]))

@@ -107,11 +107,22 @@ class MoEFFN(nn.Module):
             logits = self.router(router_in.float())  # (n, E)
         probs = logits.softmax(dim=-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)  # (n, k)
-        weights = top_p / top_p.sum(-1, keepdim=True) if self.renormalize else top_p
+        weights = self.gate_weights(top_p)
         out, dropped = self.dispatch(tokens, top_i, weights)
         aux = {"routing": probs.reshape(*lead, -1), "expert_index": top_i.reshape(*lead, -1),
                "router_logits": logits.reshape(*lead, -1), "dropped": dropped}
         return out.reshape(x.shape), aux
+
+    def gate_weights(self, top_p: Tensor) -> Tensor:
+        """What each chosen expert's output is scaled by: its probability, or renormalised over the chosen ones.
+        With one chosen expert the renormalised weight is exactly 1 and its gradient exactly 0, whereas p / p is 1
+        only up to rounding and its gradient rounding noise. It stays in the graph (0 * p + 1), so the router still
+        gets a (zero) gradient, as DDP expects of every parameter."""
+        if not self.renormalize:
+            return top_p
+        if self.top_k == 1:
+            return top_p * 0 + 1
+        return top_p / top_p.sum(-1, keepdim=True)
 
     def dispatch(self, tokens: Tensor, expert_index: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """tokens (n, D), expert_index and weights (n, k) -> (sum of the weighted outputs (n, D), dropped fraction).

@@ -9,6 +9,7 @@ from tests.conftest import metrics_rows
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.rounding
 def test_add7_reaches_exact_match_on_every_held_out_number(tmp_path):
     from launch import run
     from runtime.config.compose import compose_config

@@ -8,10 +8,14 @@ from runtime.errors import ConfigError
 from tests.conftest import (SMALL, assert_resume_ends_as_straight_run, assert_same_final_metrics, evaluate_checkpoint,
                             metrics_rows, read_json)
 
+# groks: seeds 0-9 reached val acc 0.99 at steps 1,275-1,725 under AVX-512 and default kernels (seed 0, the
+# default: 1,325 / 1,350) and stood at 0.991-1.0 50 steps later; 2,500 steps leave seed 0 a margin larger than the
+# spread between seeds (the run stops at grokking + 50, so a run that groks costs no more)
 LEARNS = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optimizer.lr=3e-3",
-          "trainer.max_steps=1500", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25"]
+          "trainer.max_steps=2500", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25"]
 
 
+@pytest.mark.rounding
 def test_short_run_learns_addition_and_records_grokking_steps(run_config):
     summary, run_dir = run_config([*LEARNS, "callbacks.grokking_time.stop_after_steps=50"])
     assert summary["final"]["val/acc"] >= 0.95

@@ -94,9 +94,11 @@ def test_train_fraction_sweep_preset_spans_thirty_to_seventy_percent():
     assert values == [0.3, 0.4, 0.5, 0.6, 0.7]
 
 
+@pytest.mark.rounding
 def test_a_short_run_on_a_b_eq_learns(run_config):
-    summary, run_dir = run_config(["experiment=nanda_grok", "data.train_fraction=0.5"])  # p=11, 40 steps
-    assert summary["status"] == "completed" and summary["steps"] == 40
+    # p=11, 60 steps. Train acc over seeds 0-9: 0.18-0.33 after 10 steps, 0.92-1.0 after 40, 1.0 from 50 on in all
+    summary, run_dir = run_config(["experiment=nanda_grok", "data.train_fraction=0.5", "trainer.max_steps=60"])
+    assert summary["status"] == "completed" and summary["steps"] == 60
     accs = [float(r["train/acc"]) for r in metrics_rows(run_dir) if r.get("train/acc")]
-    assert accs[0] < 0.5 and accs[-1] > 0.95  # after 10 steps (chance is 1/11), after 40
+    assert accs[0] < 0.5 and accs[-1] > 0.95  # after 10 steps (chance is 1/11), after 60
     assert math.isfinite(summary["final"]["val/loss"])

@@ -16,10 +16,13 @@ from analysis.table import DEPTH
 from runtime.errors import ConfigError
 from tests.conftest import ROOT, launch_cli, read_json
 
-# 2-layer gated MLP on p=23: weight decay 5 groks within 150 steps, 1 does not, -1 is refused when the run starts.
+# 2-layer gated MLP on p=23: weight decay 5 groks within 200 steps, 1 does not, -1 is refused when the run starts.
+# Steps to val acc 0.99 over seeds 0-9 (validation every 10), the same under AVX-512 and default kernels: weight
+# decay 5 at 80-200 and one seed not within 600 (seeds 0, 1 here: 100, 130), weight decay 1 at 250-450 (280, 360):
+# 200 steps leave both sides of each run here a margin of 70 steps or more.
 SWEEP = ["-m", "model=gated_mlp", "model.n_layers=2", "regularizer=compute_sum", "data.p=23",
          "data.train_fraction=0.9", "optimizer.lr=1e-2", "optimizer.weight_decay=1.0,5.0,-1.0", "seed=0,1",
-         "trainer.max_steps=150", "trainer.val_check_interval=10", "trainer.log_every_n_steps=10", "threads=1",
+         "trainer.max_steps=200", "trainer.val_check_interval=10", "trainer.log_every_n_steps=10", "threads=1",
          "callbacks.progress.refresh_seconds=1000", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 DECAYS = [1.0, 1.0, 5.0, 5.0, -1.0, -1.0]  # job order: weight decay outer, seed inner
 GROK_STEPS = ["grok/train_acc_0.99_step", "grok/val_acc_0.5_step", "grok/val_acc_0.9_step",
@@ -54,6 +57,7 @@ def test_hydra_runs_every_job_and_reports_the_failure_at_the_end(sweep):
     assert statuses == ["completed"] * 4 + ["failed"] * 2
 
 
+@pytest.mark.rounding
 def test_table_rows_equal_each_runs_summary(sweep):
     folder, _ = sweep
     table = load_sweep(folder)
@@ -62,7 +66,7 @@ def test_table_rows_equal_each_runs_summary(sweep):
     assert list(table["optimizer.weight_decay"]) == DECAYS and list(table["seed"]) == [0, 1] * 3
     for job in range(4):
         row, summary = table.iloc[job], read_json(folder / str(job) / "summary.json")
-        assert row["status"] == summary["status"] and row["steps"] == summary["steps"] == 150
+        assert row["status"] == summary["status"] and row["steps"] == summary["steps"] == 200
         for name in ("train/acc", "val/acc"):
             assert row[name] == summary["final"][name]
         for name in GROK_STEPS:
@@ -93,12 +97,13 @@ def test_failed_killed_and_missing_jobs_all_keep_a_row(sweep, tmp_path):
     assert list(load_curves(copy)["run"].unique()) == ["0", "1"]
 
 
+@pytest.mark.rounding
 def test_metrics_merge_lightning_rows_into_one_row_per_optimiser_step(sweep):
     folder, _ = sweep
     run = load_run(folder / "2")
     summary = read_json(folder / "2" / "summary.json")
     steps = run.metrics["step"]
-    assert steps.is_unique and steps.is_monotonic_increasing and list(steps) == list(range(10, 151, 10))
+    assert steps.is_unique and steps.is_monotonic_increasing and list(steps) == list(range(10, 201, 10))
     assert run.metrics[["train/acc", "val/acc"]].notna().all().all()  # train and val rows merged
     raw = csv_rows(folder / "2" / "metrics.csv")
     assert len(raw) > len(steps) and {int(r["step"]) + 1 for r in raw} == set(steps)  # train, val, grok rows
@@ -277,6 +282,7 @@ def test_grok_step_figure_puts_not_grokked_runs_above_the_budget_on_a_log_axis()
         "budget (1000 steps)"}
 
 
+@pytest.mark.rounding
 def test_table_names_each_runs_dynamics_and_pairs_share_an_init(sweep):
     from analysis.dynamics import LABELS
     from analysis.table import curve, dynamics
@@ -287,7 +293,7 @@ def test_table_names_each_runs_dynamics_and_pairs_share_an_init(sweep):
     for job in range(4):
         run = load_run(folder / str(job))
         assert table["dynamics"][job] == dynamics(run) in LABELS
-        # generalised labels exactly when val acc reached 0.95 (wd 5 does within its 150 steps, wd 1 does not)
+        # generalised labels exactly when val acc reached 0.95 (wd 5 does within its 200 steps, wd 1 does not)
         generalised = table["dynamics"][job] in ("grokking", "instant generalisation", "oscillation")
         assert generalised == pd.notna(table["grok/val_acc_0.95_step"][job])
         assert len(curve(run, "val/acc")) >= 5

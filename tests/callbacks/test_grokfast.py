@@ -2,6 +2,8 @@
 the filter, exact checkpoint round trips, the paper's regime as composed, and real runs through the launcher
 (including resume)."""
 import io
+import math
+import statistics
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
@@ -341,20 +343,32 @@ def test_resume_with_a_moving_average_filter_matches_an_uninterrupted_run(run_co
     assert_resume_ends_as_straight_run(run_config, grokfast, steps=24, stop_at=12)
 
 
+GROKFAST_SEEDS, GROKFAST_MAX_STEPS = (0, 1, 2, 3, 4), 3500
+
+
+@pytest.mark.rounding
 def test_grokfast_reaches_095_in_fewer_steps_from_the_same_init(run_config):
-    """p=23 addition, 80% train, lr 1e-3, wd 1, the default clip 1.0 (applied before the filter): measured
-    5,375 steps to val acc 0.95 without, 4,125 with EMA λ=5 (the paper's λ=2 gives 5,250: its gain grows with
-    λ here)."""
-    task = ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optimizer.lr=1e-3", "threads=1",
-            "trainer.max_steps=8000", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25",
-            "callbacks.grokking_time.val_thresholds=[0.95]", "callbacks.grokking_time.grokked_threshold=0.95",
-            "callbacks.grokking_time.stop_after_steps=0", "callbacks.checkpoint.every_n_train_steps=100000"]
-    plain, _ = run_config(task, name="plain")
-    fast, _ = run_config([*task, "grokfast=ema", "callbacks.grokfast.lamb=5.0"], name="grokfast")
-    assert plain["init_fingerprint"] == fast["init_fingerprint"]
-    key = "grok/val_acc_0.95_step"
-    assert plain["grok"][key] is not None and fast["grok"][key] is not None
-    assert fast["grok"][key] < 0.85 * plain["grok"][key]
+    """p=23 addition, 80% train, batches of 64, lr 2e-3, wd 1, the default clip 1.0 (applied before the filter),
+    each seed's two arms from the same init; the medians over seeds, the no-filter arm capped (a run that has not got
+    there counts as the cap: a lower bound). Steps to val acc 0.95 over seeds 0-9, AVX-512 / default kernels
+    (ATEN_CPU_CAPABILITY=default): EMA λ=5 1,700-2,600 / 1,675-2,600 (medians 2,125 / 2,062); no filter 2,600-7,675
+    and one seed not within 15,000 (median 4,075 under both). Over seeds 0-4 as here: EMA median 2,075 / 1,875, no
+    filter (capped at 3,500) 3,500, a ratio of 0.59 / 0.54 against the 0.8 asserted (the EMA median may grow by a
+    third before it fails). Where the filter does not help: with full batches at lr 1e-3 EMA was faster for seed 0
+    only of seeds 0-4, and at lr 3e-3 for none; with batches of 64 at lr 3e-3 for 2 of 3."""
+    task = ["data.p=23", "data.train_fraction=0.8", "data.batch_size=64", "model.hidden_dim=128", "optimizer.lr=2e-3",
+            "threads=1", f"trainer.max_steps={GROKFAST_MAX_STEPS}", "trainer.val_check_interval=25",
+            "trainer.log_every_n_steps=25", "callbacks.grokking_time.val_thresholds=[0.95]",
+            "callbacks.grokking_time.grokked_threshold=0.95", "callbacks.grokking_time.stop_after_steps=0",
+            "callbacks.checkpoint.every_n_train_steps=100000"]
+    key, plain_steps, fast_steps = "grok/val_acc_0.95_step", [], []
+    for seed in GROKFAST_SEEDS:
+        plain, _ = run_config([*task, f"seed={seed}"], name=f"plain_{seed}")
+        fast, _ = run_config([*task, f"seed={seed}", "grokfast=ema", "callbacks.grokfast.lamb=5.0"], name=f"ema_{seed}")
+        assert plain["init_fingerprint"] == fast["init_fingerprint"]
+        plain_steps.append(plain["grok"][key] or GROKFAST_MAX_STEPS)  # not reached: at least this many (a bound)
+        fast_steps.append(fast["grok"][key] or math.inf)  # not reached: counted against the filter
+    assert statistics.median(fast_steps) < 0.8 * statistics.median(plain_steps), (fast_steps, plain_steps)
 
 
 @pytest.mark.parametrize("experiment, p, d_model", [("grokfast_paper", 97, 128), ("grokfast_paper_cpu", 97, 64)])

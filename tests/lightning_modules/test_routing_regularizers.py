@@ -120,6 +120,7 @@ def routing_entropy_after(run_config, name, regularizer):
         return term("entropy", *net(data.splits["train"].inputs).routing)
 
 
+@pytest.mark.rounding
 def test_entropy_regularisation_lowers_routing_entropy_from_the_same_init(run_config):
     plain = routing_entropy_after(run_config, "none", [])
     regularised = routing_entropy_after(run_config, "entropy", ["regularizer=entropy", "regularizer.entropy.weight=1.0"])

@@ -38,16 +38,19 @@ def test_mixture_weighs_energies():
     assert spectral_term(low + high, p).item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.rounding
 def test_spectral_penalty_lowers_the_term_against_no_penalty_from_the_same_init(run_config):
     import pandas as pd
 
-    base = ["data.p=11", "trainer.max_steps=60", "optimizer.weight_decay=0", "seed=3", "regularizer=spectral"]
+    # the term after 60 steps with weight 3 over without, seeds 0-9, AVX-512 and default kernels alike: 0.10-0.15
+    # (with weight 1: 0.37-0.60, below 0.5 for 3 seeds of 10 only)
+    base = ["data.p=11", "trainer.max_steps=60", "optimizer.weight_decay=0", "regularizer=spectral"]
     last = {}
-    for weight in (0.0, 1.0):  # weight 0 still computes and logs the term
+    for weight in (0.0, 3.0):  # weight 0 still computes and logs the term
         summary, out = run_config([*base, f"regularizer.spectral.weight={weight}"], name=f"w{weight}")
         assert summary["status"] == "completed"
         last[weight] = pd.read_csv(out / "metrics.csv")["train/reg/spectral"].dropna().iloc[-1]
-    assert last[1.0] < 0.5 * last[0.0]
+    assert last[3.0] < 0.5 * last[0.0]
 
 
 def test_spectral_refuses_division(run_config):

@@ -155,6 +155,7 @@ def final_effective_depth(run_dir):
     return values[-1]
 
 
+@pytest.mark.rounding
 def test_compute_cost_lowers_effective_depth_from_the_same_init(run_config):
     common = ["experiment=least_action", "data.p=11", "model.hidden_dim=32", "model.n_layers=6",
               "model.gate_init=0.5", "optimizer.lr=1e-2", "trainer.max_steps=200", "trainer.log_every_n_steps=20"]

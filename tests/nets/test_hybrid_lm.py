@@ -171,6 +171,7 @@ def test_init_is_the_normal_scheme_and_leaves_the_decay_parameters():
     assert tied.unembed.weight is tied.token_embedding.weight
 
 
+@pytest.mark.rounding
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_learns_one_batch(mode):
     """A tiny model memorises a fixed batch of next-token targets; the routers get gradient on the way."""

@@ -122,6 +122,7 @@ def test_renormalised_top_k_weights_sum_to_one(top_k):
         assert (top.values.sum(-1) < 1).all()  # renormalising changes something
 
 
+@pytest.mark.rounding
 def test_without_renormalising_the_top_1_weight_is_the_router_probability_and_trains_the_router():
     net = moe().eval()  # top_k 1: not renormalised by default (Switch's gate)
     assert not net.renormalize and moe(top_k=2).renormalize
