@@ -19,16 +19,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from callbacks.run.stop_request import stop_request
+from core.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from runtime.config.override_check import unknown_key_message
 from runtime.config.run_dir import register_resolvers
-from runtime.errors import ConfigError, NonFiniteLossError, RunInterrupted
+from runtime.lifecycle.assemble import RunParts, assemble
+from runtime.lifecycle.final_eval import final_metrics
+from runtime.lifecycle.resume import starting_point
+from runtime.lifecycle.status import diverged, ended_by, fit_status
+from runtime.lifecycle.summary import callback_parts, close_summary, grok_summary
 from runtime.logs.quiet import quiet_library_noise
-from runtime.run.assemble import RunParts, assemble
-from runtime.run.final_eval import final_metrics
-from runtime.run.resume import starting_point
-from runtime.run.signals import stop_request
-from runtime.run.status import diverged, ended_by, fit_status
-from runtime.run.summary import callback_parts, close_summary, grok_summary
 
 
 def overrides() -> list[str]:

@@ -16,7 +16,7 @@ from analysis.plots import DEFAULT_GROK_KEY, write_plots
 from analysis.runs import logger
 from analysis.sweep import find_jobs
 from analysis.table import print_report, sweep_table, write_table
-from runtime.errors import ConfigError, require
+from core.errors import ConfigError, require
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -22,7 +22,7 @@ from analysis.plots import new_figure, save
 from analysis.runs import Run
 from analysis.sweep import find_jobs
 from analysis.table import print_report, to_markdown
-from runtime.errors import ConfigError
+from core.errors import ConfigError
 
 FINAL = ("val/loss", "val/perplexity", "val/bits_per_byte", "val/acc")
 SHARE = re.compile(r"routing/(eval_share|share)/(layer_\d+)/softmax$")

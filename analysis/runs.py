@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runtime.errors import require
+from core.errors import require
 
 RUN_FILES = ("summary.json", "metrics.csv", ".hydra/config.yaml", ".hydra/overrides.yaml")
 STATUS_NO_SUMMARY = "missing summary"  # the folder exists but the run never wrote summary.json (killed hard)

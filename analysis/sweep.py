@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.runs import RUN_FILES, YAML_ERRORS, Run, is_run_dir, load_run, parse_overrides, read_yaml
-from runtime.errors import require
+from core.errors import require
 
 STATUS_MISSING = "missing"  # planned by Hydra, but its folder is absent or empty
 NOT_RUN_FOLDERS = {".hydra", "checkpoints", "plots", "wandb", "analysis", "__pycache__"}

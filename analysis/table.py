@@ -6,7 +6,7 @@ multi-token answers), the grok/* steps,
 grokked, the run's dynamics (analysis/dynamics.py: grokking, instant generalisation, memorisation, ...), for sequence
 tasks its loss phase against the task's loss bounds (memorising / generalising / at_bound), the last
 logged gates/effective_depth (gated nets), the `circuits/*` numbers of the final weights that compare runs
-(ablation accuracies, logit attribution shares, expert-operation mutual information: callbacks/digit_circuits.py),
+(ablation accuracies, logit attribution shares, expert-operation mutual information: callbacks/diagnostics/digit_circuits.py),
 wall_time_s, the init fingerprint (paired runs share
 it), and error when a run recorded one.
 The swept keys are kept in `table.attrs["swept"]`.

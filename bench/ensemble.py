@@ -1,7 +1,7 @@
 """Throughput of E members trained at once (`hydra/launcher=ensemble`) against the same E runs one after another.
 
 Both arms run the same config (default `nanda_grok`) for the same number of full-batch steps on the same device:
-the ensemble arm trains seeds 0..E-1 together (`ensemble.run.run_ensemble`, as the launcher does), the sequential
+the ensemble arm trains seeds 0..E-1 together (`runtime.engines.ensemble.run_ensemble`, as the launcher does), the sequential
 arm runs them as solo runs (`launch.run`, as the basic launcher does). Printed are model-steps/s (members x steps
 per second) at steady state (from `--warmup` steps to the end, the device synchronised at both ends) and over the
 whole run (set-up, init files, final evaluation included), and the ratio ensemble / sequential. Target on a GPU:
@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.overhead import ACCELERATOR, StepTimer  # noqa: E402
-from ensemble.members import Member  # noqa: E402
-from ensemble.run import run_ensemble  # noqa: E402
 from launch import run  # noqa: E402
 from runtime.config.build import build  # noqa: E402
 from runtime.config.compose import compose_config  # noqa: E402
+from runtime.engines.ensemble import run_ensemble  # noqa: E402
+from runtime.engines.members import Member  # noqa: E402
 
 
 def configs(overrides: list[str], seeds: range, root: Path):

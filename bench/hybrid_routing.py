@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodules.batch import TaskSpec  # noqa: E402
-from nets.gdn_kernel import fla_refusal  # noqa: E402
-from nets.gdn_mixer import kernel_in_use  # noqa: E402
-from nets.token_router import Routing, TokenRouter  # noqa: E402
+from nets.kernels.fla_choice import fla_refusal  # noqa: E402
+from nets.parts.gated_deltanet import kernel_in_use  # noqa: E402
+from nets.parts.token_router import Routing, TokenRouter  # noqa: E402
 from runtime.config.build import build_net  # noqa: E402
 from runtime.config.compose import compose_config  # noqa: E402
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from core.errors import require
 from datamodules.batch import Batch, TaskSpec
 from datamodules.digit_addition import is_int, mix_seed
 from datamodules.in_memory import InMemoryTask
-from runtime.errors import require
 
 SPLITS = ("train", "val", "test")
 MAX_EXAMPLES = 10_000_000  # per split

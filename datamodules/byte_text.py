@@ -37,12 +37,12 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from core.errors import ConfigError, require
 from datamodules.batch import Batch, TaskSpec
 from datamodules.byte_tokenizer import VOCAB_SIZE, decode
 from datamodules.digit_addition import is_int, mix_seed
 from datamodules.in_memory import InMemoryTask
 from datamodules.loaders import generator_on, take
-from runtime.errors import ConfigError, require
 
 BUNDLED = "pydoc_data"
 SPLITS = ("train", "val", "test")

@@ -34,11 +34,11 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from core.errors import require
 from datamodules.batch import Batch, TaskSpec
 from datamodules.in_memory import InMemoryTask
 from datamodules.loaders import shard, take, to_device
 from datamodules.splits import check_fractions
-from runtime.errors import require
 
 SEP, EOS = 10, 11
 VOCAB_SIZE = 12

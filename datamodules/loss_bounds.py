@@ -31,9 +31,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Sequence
 
+from core.errors import require
 from datamodules.batch import FORMATS
 from datamodules.operations import OPERATIONS
-from runtime.errors import require
 
 SEQUENCE_POSITIONS = 7  # targets [a, OP, b, EQ, c, EOS, EOS]
 

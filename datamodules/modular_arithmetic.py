@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from core.errors import require
 from datamodules.batch import FORMATS, Batch, TaskSpec
 from datamodules.in_memory import InMemoryTask
 from datamodules.loaders import take
@@ -25,7 +26,6 @@ from datamodules.loss_bounds import loss_bounds
 from datamodules.operations import OPERATIONS, is_prime
 from datamodules.splits import check_fractions
 from datamodules.task import ModularStructure
-from runtime.errors import require
 
 ANSWER_POSITION_IN_SEQUENCE = 4  # targets = [a, OP, b, EQ, c, EOS, EOS]; c sits at index 4
 MEMORY_SHARE = 0.5  # data that would take more than this share of the machine's memory are refused up front

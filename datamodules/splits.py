@@ -1,7 +1,7 @@
 """Train / val / test fractions, checked alike by every task that splits a finite set of examples."""
 from __future__ import annotations
 
-from runtime.errors import ConfigError, require
+from core.errors import ConfigError, require
 
 
 def check_fractions(train_fraction, val_fraction, test_fraction) -> None:

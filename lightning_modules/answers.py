@@ -15,8 +15,8 @@ from einops import rearrange
 from torch import Tensor
 from torchmetrics import Metric
 
+from core.output import NetOutput
 from datamodules.batch import Batch, TaskSpec, answer_columns
-from nets.output import NetOutput
 
 
 def aligned_logits(output: NetOutput, n_targets: int) -> Tensor:

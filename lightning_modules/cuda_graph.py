@@ -27,8 +27,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from nets.output import NetOutput
-from runtime.errors import ConfigError, require
+from core.errors import ConfigError, require
+from core.output import NetOutput
 
 KEY = "module.cuda_graph"
 # hooks that run inside a step, between its forward and its update: a replay runs the whole step at once, so a

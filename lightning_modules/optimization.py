@@ -9,10 +9,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from core.errors import require
 from lightning_modules.cuda_graph import GraphedAdamW
 from lightning_modules.param_groups import DecayPolicy, split_by_decay
-from runtime.errors import require
-
 
 SCHEDULES = ("constant", "cosine", "linear")
 

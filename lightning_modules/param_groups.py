@@ -5,7 +5,7 @@ be put back under decay (openai/grok decays every parameter), so both convention
 
 A parameter's category comes from its *role*, decided by the module that owns it directly:
 - a module may state the roles of its own parameters in a `parameter_roles` class attribute,
-  {parameter name: "weight" | "bias" | "norm" | "embedding"} (e.g. `nets.parallel_heads.ParallelMLPHeads`, whose
+  {parameter name: "weight" | "bias" | "norm" | "embedding"} (e.g. `nets.parts.parallel_heads.ParallelMLPHeads`, whose
   per-head `up_bias` / `down_bias` are biases); this wins over the rules below;
 - torch's layers need no statement: every parameter of a norm layer is a norm parameter, of an `nn.Embedding` an
   embedding, and a parameter named `bias` is a bias (`nn.Linear.bias`); the rest are weights;

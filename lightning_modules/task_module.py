@@ -17,17 +17,17 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor, nn
 
+from core.errors import NonFiniteLossError, require
+from core.output import NetOutput
 from datamodules.batch import Batch, TaskSpec
 from lightning_modules.answers import AnswerMetrics, batch_accuracy, metric_layout, task_loss
 from lightning_modules.cadence import is_log_step
-from lightning_modules.compute_cost import binary_entropy
 from lightning_modules.cuda_graph import CapturedStep, StepResult, check_graphable
 from lightning_modules.decoding import greedy_logits
 from lightning_modules.optimization import AdamWRecipe
-from lightning_modules.regularizers import Regularizer
-from lightning_modules.routing_regularizers import entropy
-from nets.output import NetOutput
-from runtime.errors import NonFiniteLossError, require
+from regularizers.base import Regularizer
+from regularizers.compute_cost import binary_entropy
+from regularizers.routing import entropy
 
 EVAL_STAGES = ("val", "test")
 

@@ -1,2 +1,2 @@
-"""What surrounds a run (docs/architecture.md): `config` (command line to objects), `run` (one run's life),
-`logs` (where its numbers go) and `errors` (what a run reports)."""
+"""The run pipeline, above everything else (docs/architecture.md): `config` (command line to objects), `lifecycle`
+(one run's life, written once), `engines` (a solo run, an ensemble), `logs` (where its numbers go)."""

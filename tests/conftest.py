@@ -105,7 +105,7 @@ def evaluate_checkpoint(overrides, checkpoint):
 
 def final_routing(overrides, run_dir, probe_size=8):
     """(probe, aux, routing options): the eval-mode forward of the run's last.ckpt on the first `probe_size`
-    validation windows, the probe of the token-routing diagnostic (callbacks/token_routing.py). It runs on one
+    validation windows, the probe of the token-routing diagnostic (callbacks/diagnostics/token_routing.py). It runs on one
     thread, as the runs that use this do (threads=1), so its routing choices are the diagnostic's own, bit for bit."""
     module, task = rebuilt(overrides, Path(run_dir) / "checkpoints" / "last.ckpt")
     probe = task.examples("val", probe_size)

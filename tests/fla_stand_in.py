@@ -5,7 +5,7 @@ boundary without CUDA.
 fla/layers/gated_deltanet.py): q, k (B, T, H, K) and v (B, T, H, V), the raw projections g and beta (B, T, H), all
 contiguous and of one dtype (fla's Triton kernels fail to compile on mixed ones); the L2 norm of q and k, the sigmoid
 of beta and the decay -exp(A_log) softplus(g + dt_bias) asked of the kernel, with A_log and dt_bias (H,). It
-returns the reference result (nets/gated_delta.py) of what those flags mean. Like fla's, its autograd Function is
+returns the reference result (nets/kernels/gated_delta.py) of what those flags mean. Like fla's, its autograd Function is
 ctx-style (forward(ctx, ...) without setup_context: torch.func refuses it) and its backward is not differentiable.
 
 `force_fla(monkeypatch)` makes layers built afterwards run it wherever they would run fla: the machine is one where
@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from nets import gdn_kernel
-from nets.gated_delta import chunk_gated_delta_rule
+from nets.kernels import fla_choice
+from nets.kernels.gated_delta import chunk_gated_delta_rule
 
 # a machine where fla 0.6.0 runs correctly: a Hopper GPU with the Triton that has the fix
-GOOD_MACHINE = gdn_kernel.MachineFacts(fla="0.6.0", cuda=True, device_name="NVIDIA H200", capability=(9, 0),
+GOOD_MACHINE = fla_choice.MachineFacts(fla="0.6.0", cuda=True, device_name="NVIDIA H200", capability=(9, 0),
                                        triton="3.7.1")
 
 
@@ -81,9 +81,9 @@ class StandIn:
 def force_fla(monkeypatch) -> StandIn:
     """Layers built after this run a new `StandIn` wherever they would run fla; returns it."""
     stand_in = StandIn()
-    monkeypatch.setattr(gdn_kernel, "machine_facts", lambda: GOOD_MACHINE)
-    monkeypatch.setattr(gdn_kernel, "FLA_DEVICE", "cpu")
+    monkeypatch.setattr(fla_choice, "machine_facts", lambda: GOOD_MACHINE)
+    monkeypatch.setattr(fla_choice, "FLA_DEVICE", "cpu")
     # fla has no float64 kernels; the stand-in computes in any dtype, so equivalence tests can compare in float64
-    monkeypatch.setattr(gdn_kernel, "FLA_DTYPES", (*gdn_kernel.FLA_DTYPES, torch.float64))
-    monkeypatch.setattr(gdn_kernel, "fla_chunk_rule", lambda: stand_in)
+    monkeypatch.setattr(fla_choice, "FLA_DTYPES", (*fla_choice.FLA_DTYPES, torch.float64))
+    monkeypatch.setattr(fla_choice, "fla_chunk_rule", lambda: stand_in)
     return stand_in

@@ -9,13 +9,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-import callbacks.run_checkpoint
-from callbacks.run_checkpoint import RunCheckpoint
+import callbacks.run.checkpoint
+from callbacks.run.checkpoint import RunCheckpoint
 from datamodules import ModularArithmetic
 from datamodules.batch import Batch, TaskSpec
 from datamodules.in_memory import InMemoryTask
 from datamodules.loaders import EvalBatches, take
-from lightning_modules.regularizers import Regularizer
+from regularizers.base import Regularizer
 
 
 class NaNAfter(Regularizer):
@@ -75,17 +75,17 @@ class RecordingCheckpoint(RunCheckpoint):
 
 
 class RankClockCheckpoint(RunCheckpoint):
-    """RunCheckpoint whose clock (`time.monotonic` as callbacks.run_checkpoint reads it) is the step count, at
+    """RunCheckpoint whose clock (`time.monotonic` as callbacks.run.checkpoint reads it) is the step count, at
     `1 + rank` minutes a step on each DDP rank, so the ranks cross `every_minutes` at different steps; each save's
     step is appended to `saves.rank<r>` in its folder."""
 
     def on_train_start(self, trainer, pl_module):
         minutes = 1 + trainer.global_rank
-        callbacks.run_checkpoint.time = SimpleNamespace(monotonic=lambda: 60.0 * minutes * trainer.global_step)
+        callbacks.run.checkpoint.time = SimpleNamespace(monotonic=lambda: 60.0 * minutes * trainer.global_step)
         super().on_train_start(trainer, pl_module)
 
     def teardown(self, trainer, pl_module, stage):
-        callbacks.run_checkpoint.time = time
+        callbacks.run.checkpoint.time = time
 
     def save(self, trainer):
         super().save(trainer)

@@ -31,9 +31,9 @@ def test_add7_reaches_exact_match_on_every_held_out_number(tmp_path):
 
 
 def test_an_optimized_metric_the_task_does_not_have_is_refused_in_one_line(tmp_path):
+    from core.errors import ConfigError
     from launch import run
     from runtime.config.compose import compose_config
-    from runtime.errors import ConfigError
 
     cfg = compose_config(["optimized_metric=val/exact_match", "data.p=11"], output_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match=r"optimized_metric='val/exact_match' is not allowed: expected one of this "

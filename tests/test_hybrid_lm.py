@@ -8,7 +8,6 @@ import csv
 import io
 
 import pytest
-
 from matplotlib import colors
 
 from tests.conftest import final_routing, metrics_rows, record_figures, run_quietly, token_routing_of_final_weights
@@ -25,12 +24,12 @@ DYNAMIC = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "m
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """{name: (summary, run folder, what it printed)} of a static and a dynamic run."""
-    import callbacks.token_routing
+    import callbacks.diagnostics.token_routing
 
     base, results = tmp_path_factory.mktemp("hybrid_lm"), {}
     for name, overrides in (("static", STATIC), ("dynamic", DYNAMIC)):
         with pytest.MonkeyPatch.context() as patch:
-            FIGURES[name] = record_figures(patch, callbacks.token_routing)
+            FIGURES[name] = record_figures(patch, callbacks.diagnostics.token_routing)
             summary, printed = run_quietly([*overrides, *TINY], base / name)
         results[name] = (summary, base / name, printed)
     return results
@@ -84,7 +83,7 @@ def test_a_routed_run_logs_its_routing_and_draws_it(runs):
 
 
 def test_each_run_says_once_which_gdn_kernel_ran(runs):
-    from nets.gdn_kernel import fla_refusal
+    from nets.kernels.fla_choice import fla_refusal
 
     refused = fla_refusal()  # on a CPU: fla not installed, or no CUDA device
     expected = f"torch ({refused})" if refused is not None else "torch (the run is on cpu)"
@@ -94,7 +93,7 @@ def test_each_run_says_once_which_gdn_kernel_ran(runs):
 
 
 def test_the_routing_figures_draw_what_was_logged_and_the_final_choices(runs):
-    from callbacks.token_routing import OPTION_COLOURS, printable
+    from callbacks.diagnostics.token_routing import OPTION_COLOURS, printable
 
     _, run_dir, _ = runs["dynamic"]
     rows, figures = metrics_rows(run_dir), FIGURES["dynamic"]

@@ -4,9 +4,15 @@ import math
 import pytest
 import torch
 
-from runtime.errors import ConfigError
-from tests.conftest import (SMALL, assert_resume_ends_as_straight_run, assert_same_final_metrics, evaluate_checkpoint,
-                            metrics_rows, read_json)
+from core.errors import ConfigError
+from tests.conftest import (
+    SMALL,
+    assert_resume_ends_as_straight_run,
+    assert_same_final_metrics,
+    evaluate_checkpoint,
+    metrics_rows,
+    read_json,
+)
 
 # groks: seeds 0-9 reached val acc 0.99 at steps 1,275-1,725 under AVX-512 and default kernels (seed 0, the
 # default: 1,325 / 1,350) and stood at 0.991-1.0 50 steps later; 2,500 steps leave seed 0 a margin larger than the

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from runtime.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import assert_same_final_metrics, launch_cli, read_json, reproducible_rows
 
 EVERY_10 = ["callbacks.checkpoint.every_n_train_steps=10"]

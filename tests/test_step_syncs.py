@@ -23,27 +23,29 @@ from __future__ import annotations
 import sys
 import traceback
 from collections import Counter
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.conftest import run_quietly
+from tests.conftest import ROOT, run_quietly
 
 aten = torch.ops.aten
 WAITING_OPS = {aten._local_scalar_dense, aten.nonzero, aten.bincount, aten.masked_select, aten._unique,
                aten._unique2, aten.unique_dim, aten.unique_consecutive, aten.unique_dim_consecutive, aten.equal}
 INDEXING_OPS = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}
-PROJECT_DIRS = ("callbacks/", "datamodules/", "lightning_modules/", "nets/", "ensemble/", "runtime/")
+PROJECT_DIRS = ("callbacks", "core", "datamodules", "lightning_modules", "nets", "regularizers", "runtime")
 
 
 def project_place(filename: str, line: int) -> str | None:
-    """`folder/file.py:line` for a file of the project (not of its tests), else None."""
-    path = filename.replace("\\", "/")
-    if any(f"/{part}" in path for part in PROJECT_DIRS) and "/tests/" not in path:
-        return f"{path.split('/')[-2]}/{path.split('/')[-1]}:{line}"
-    return None
+    """`path/in/the/project.py:line` for a file of the project (not of its tests), else None."""
+    try:
+        path = Path(filename).resolve().relative_to(ROOT)
+    except ValueError:
+        return None
+    return f"{path.as_posix()}:{line}" if path.parts[0] in PROJECT_DIRS else None
 
 
 def where_from() -> str:
@@ -159,9 +161,9 @@ PRESETS = {
 }
 # what a step may do of the above, with the reason: (what, where) -> why
 INHERENT = {
-    ("tolist()", "nets/moe.py"): "the grouped dispatch's split sizes: how many tokens each expert takes is data, "
+    ("tolist()", "nets/parts/moe.py"): "the grouped dispatch's split sizes: how many tokens each expert takes is data, "
                                  "and the shapes of its matmuls are read on the host",
-    ("_local_scalar_dense", "nets/routed_mixer.py"): "sparse routing's padded number of softmax queries: how many "
+    ("_local_scalar_dense", "nets/parts/routed_mixer.py"): "sparse routing's padded number of softmax queries: how many "
                                                      "tokens chose softmax is data, the attention's shape",
     ("index with a boolean mask", "datamodules/digit_addition.py"): "fresh numbers are drawn by rejection on the "
         "host (host tensors: nothing waits for a device); the batch then goes over without blocking",

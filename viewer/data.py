@@ -16,7 +16,7 @@ import pandas as pd
 from analysis.runs import STATUS_NO_SUMMARY, Run, is_run_dir, load_run
 from analysis.sweep import STATUS_MISSING, Job, find_jobs
 from analysis.table import sweep_table
-from runtime.errors import require
+from core.errors import require
 
 # statuses of a run that may still change: summary.json says running, or is not written yet
 LIVE_STATUSES = ("running", STATUS_NO_SUMMARY, STATUS_MISSING)

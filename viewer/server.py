@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from runtime.errors import ConfigError
+from core.errors import ConfigError
 from viewer import data, sweeps
 
 STATIC = Path(__file__).resolve().parent / "static"

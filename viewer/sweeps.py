@@ -15,7 +15,7 @@ from analysis.curves import curves_of
 from analysis.plots import DEFAULT_GROK_KEY, write_plots
 from analysis.sweep import NOT_RUN_FOLDERS, find_jobs
 from analysis.table import sweep_table, to_markdown, write_table
-from runtime.errors import require
+from core.errors import require
 from viewer.data import IMAGE_SUFFIXES, inside, jsonable, run_name
 
 CACHE = Path("analysis") / "viewer"

@@ -1,7 +1,7 @@
 """`hydra/launcher=ensemble`: run the jobs of a multirun as ensembles, many jobs per process and per GPU.
 
-Jobs whose configs differ only in packable values (`ensemble.members.PACKABLE`: seed, init, learning rates,
-weight decay, regulariser weights) are trained together by `ensemble.run.run_ensemble`, up to `max_members` at a
+Jobs whose configs differ only in packable values (`runtime.engines.members.PACKABLE`: seed, init, learning rates,
+weight decay, regulariser weights) are trained together by `runtime.engines.ensemble.run_ensemble`, up to `max_members` at a
 time; jobs that differ in anything else form further ensembles, run one after another. Every job still gets the
 folder Hydra gives it (`.hydra/` with its config and overrides) and leaves there what a solo run would.
 """
@@ -65,10 +65,10 @@ class EnsembleLauncher(Launcher):
 def prepare_member(cfg: DictConfig) -> dict[str, Any]:
     """The per-job task, run inside Hydra's job context: pin the job's config and build its loggers (which read
     the sweep context). A job whose folder already holds a finished run is skipped under `resume=true`."""
-    from ensemble.members import Member, shared_part
     from runtime.config.build import build
-    from runtime.run.resume import FINISHED, set_aside_earlier_attempt
-    from runtime.run.summary import read_summary
+    from runtime.engines.members import Member, shared_part
+    from runtime.lifecycle.resume import FINISHED, set_aside_earlier_attempt
+    from runtime.lifecycle.summary import read_summary
 
     shared = shared_part(cfg)  # before resolving: run folders differ, their interpolations do not
     OmegaConf.resolve(cfg)  # ${hydra:...} and ${paths.output_dir} while this job's Hydra config is set
@@ -91,7 +91,7 @@ def concurrent_runs(node: DictConfig) -> dict[str, Any]:
 
 def train_group(returns: Sequence[JobReturn]) -> None:
     """Train one ensemble; each job's return becomes its val accuracy, or the error that ended it."""
-    from ensemble.run import run_ensemble
+    from runtime.engines.ensemble import run_ensemble
 
     members = [ret.return_value["member"] for ret in returns]
     try:

@@ -10,9 +10,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import ConfigError, require
 from datamodules import TaskSpec
-from nets.settings import InvalidSetting
-from runtime.errors import ConfigError, require
 
 SPEC_FIELDS = ("in_features", "vocab_size", "num_classes", "seq_len")
 # in a model config: names of its settings that the net does not take but its parts' configs read by interpolation
@@ -30,15 +29,11 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
-        if isinstance(cause, InvalidSetting):  # a ConfigError, or a net's own (nets/ knows no ConfigError)
-            raise as_config_error(cause).under(key) from None
+        if isinstance(cause, ConfigError):
+            raise cause.under(key) from None
         if isinstance(cause, TypeError) and "argument" in str(cause):
             raise ConfigError(key, node.get("_target_"), f"only settings it accepts ({cause})") from None
         raise
-
-
-def as_config_error(err: InvalidSetting) -> ConfigError:
-    return err if isinstance(err, ConfigError) else ConfigError(err.key, err.value, err.allowed, err.related)
 
 
 def is_named_objects(node: Any) -> bool:

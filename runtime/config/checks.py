@@ -8,7 +8,7 @@ import torch
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from omegaconf import DictConfig, ListConfig
 
-from runtime.errors import ConfigError, require
+from core.errors import ConfigError, require
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
 # the values Lightning's precision connector accepts (integers such as 32 stand for their string)

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
-from runtime.errors import require
+from core.errors import require
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 

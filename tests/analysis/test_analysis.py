@@ -13,7 +13,7 @@ from analysis import load_curves, load_run, load_sweep, pareto_front, seed_bands
 from analysis.plots import curves_figure, grok_step_figure, phase_diagram
 from analysis.runs import parse_overrides, read_metrics
 from analysis.table import DEPTH
-from runtime.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import ROOT, launch_cli, read_json
 
 # 2-layer gated MLP on p=23: weight decay 5 groks within 200 steps, 1 does not, -1 is refused when the run starts.
@@ -284,9 +284,9 @@ def test_grok_step_figure_puts_not_grokked_runs_above_the_budget_on_a_log_axis()
 
 @pytest.mark.rounding
 def test_table_names_each_runs_dynamics_and_pairs_share_an_init(sweep):
+    from analysis import load_run
     from analysis.dynamics import LABELS
     from analysis.table import curve, dynamics
-    from analysis import load_run
 
     folder, _ = sweep
     table = load_sweep(folder)

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from callbacks.curvature import Curvature, fisher_trace, hutchinson_trace, hvp_operator, top_eigenvalue
+from callbacks.diagnostics.curvature import Curvature, fisher_trace, hutchinson_trace, hvp_operator, top_eigenvalue
+from core.errors import ConfigError
 from datamodules.batch import Batch, TaskSpec
 from lightning_modules import TaskModule
 from lightning_modules.answers import task_loss
 from lightning_modules.optimization import AdamWRecipe
 from nets import MLP, MLPFFN, GatedDeltaNet, Transformer
-from runtime.errors import ConfigError
 from tests.conftest import metrics_rows
 from tests.fla_stand_in import force_fla
 
@@ -314,7 +314,7 @@ def test_bad_settings_name_the_key(kwargs, key):
 
 # --- real runs through the launcher -----------------------------------------------------------------------------
 
-CURVATURE = ("+callbacks.curvature={_target_: callbacks.curvature.Curvature, every_n_steps: 20, n_probes: 4,"
+CURVATURE = ("+callbacks.curvature={_target_: callbacks.diagnostics.curvature.Curvature, every_n_steps: 20, n_probes: 4,"
              " power_iters: 20}")
 
 
@@ -346,9 +346,9 @@ def test_a_run_logs_curvature_draws_it_keeps_its_history_through_resume_and_is_n
 
 
 def test_the_figure_draws_negative_values_as_magnitudes(tmp_path, drawn_figures):
-    import callbacks.curvature
+    import callbacks.diagnostics.curvature
 
-    figures = drawn_figures(callbacks.curvature)
+    figures = drawn_figures(callbacks.diagnostics.curvature)
     callback = Curvature()
     callback.history = [{"step": s, "grad_norm": 0.1, "hessian_trace": -3.0 + s, "top_eigenvalue": -2.0,
                          "fisher_trace": 1.0} for s in (0, 10)]

@@ -14,8 +14,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from callbacks import circuit_math as cm
-from callbacks.digit_circuits import DigitCircuits
+from callbacks.diagnostics import circuit_math as cm
+from callbacks.diagnostics.digit_circuits import DigitCircuits
 from datamodules import ModularArithmetic, ReversedDigitAddition
 from lightning_modules import AdamWRecipe, TaskModule
 from nets import MLP, SoftmaxAttention, Transformer

@@ -8,13 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from callbacks.fourier import (
-    FourierSpectrum, excluded_loss, fourier_basis, frequency_energies, frequency_norms, gini, key_frequencies,
-    key_frequency_component, restricted_loss, top_k_fraction,
+from callbacks.diagnostics.fourier import (
+    FourierSpectrum,
+    excluded_loss,
+    fourier_basis,
+    frequency_energies,
+    frequency_norms,
+    gini,
+    key_frequencies,
+    key_frequency_component,
+    restricted_loss,
+    top_k_fraction,
 )
+from core.errors import ConfigError
 from datamodules import ModularArithmetic
 from nets import MLP, Transformer
-from runtime.errors import ConfigError
 
 
 def test_basis_is_orthonormal_and_ordered():
@@ -169,7 +177,7 @@ def test_bad_settings_name_the_key():
 
 # ---- real short runs ---------------------------------------------------------------------------------------
 
-FOURIER = ["+callbacks.fourier._target_=callbacks.fourier.FourierSpectrum", "+callbacks.fourier.every_n_steps=20",
+FOURIER = ["+callbacks.fourier._target_=callbacks.diagnostics.fourier.FourierSpectrum", "+callbacks.fourier.every_n_steps=20",
            "+callbacks.fourier.top_k=3"]
 
 

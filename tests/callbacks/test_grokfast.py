@@ -10,8 +10,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from callbacks.grokfast import GradientWindow, Grokfast, ema_filter, ma_filter
-from runtime.errors import ConfigError
+from callbacks.interventions.grokfast import GradientWindow, Grokfast, ema_filter, ma_filter
+from core.errors import ConfigError
 from tests.conftest import assert_resume_ends_as_straight_run
 
 G = torch.tensor([0.5, -2.0, 3.0])
@@ -323,7 +323,7 @@ def test_lambda_zero_leaves_the_gradient_alone():
     assert trainer.lightning_module.w.item() == pytest.approx(-30.0)  # λ = 0: the plain gradient 10, three steps
 
 
-GROKFAST_EMA = "+callbacks.grokfast={_target_: callbacks.grokfast.Grokfast, filter: ema}"
+GROKFAST_EMA = "+callbacks.grokfast={_target_: callbacks.interventions.grokfast.Grokfast, filter: ema}"
 
 
 def test_short_run_with_grokfast_finishes_and_changes_the_trajectory(run_config):
@@ -337,7 +337,7 @@ def test_short_run_with_grokfast_finishes_and_changes_the_trajectory(run_config)
 
 
 def test_resume_with_a_moving_average_filter_matches_an_uninterrupted_run(run_config):
-    grokfast = ["+callbacks.grokfast._target_=callbacks.grokfast.Grokfast", "+callbacks.grokfast.filter=ma",
+    grokfast = ["+callbacks.grokfast._target_=callbacks.interventions.grokfast.Grokfast", "+callbacks.grokfast.filter=ma",
                 "+callbacks.grokfast.window_size=6"]
     # the window is full when the first run stops at 12: a resume that lost it would warm up again
     assert_resume_ends_as_straight_run(run_config, grokfast, steps=24, stop_at=12)

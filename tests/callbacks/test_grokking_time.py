@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import torch
 
-from callbacks.grokking_time import GrokkingTime
+from callbacks.run.grokking_time import GrokkingTime
 from tests.conftest import metrics_rows
 from tests.helpers import TrainAccuracyProbe
 

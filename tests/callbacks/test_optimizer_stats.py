@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks.optimizer_stats import OptimizerStats, group_name, group_stats
+from callbacks.diagnostics.optimizer_stats import OptimizerStats, group_name, group_stats
 from tests.conftest import metrics_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -131,7 +131,7 @@ def test_in_a_fit_each_cadence_step_compares_with_the_weights_and_lr_of_that_ver
     assert (tmp_path / "plots" / "optim_history.png").is_file()
 
 
-OPTIM = "+callbacks.optimizer_stats={_target_: callbacks.optimizer_stats.OptimizerStats, every_n_steps: 10}"
+OPTIM = "+callbacks.optimizer_stats={_target_: callbacks.diagnostics.optimizer_stats.OptimizerStats, every_n_steps: 10}"
 
 
 def test_a_run_logs_per_group_stats_that_agree_with_its_checkpoint_and_survive_resume(run_config):

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from callbacks.progress import StepProgressBar, format_duration
+from callbacks.run.progress import StepProgressBar, format_duration
 
 METRICS = {"train/loss": torch.tensor(0.0123), "train/acc": torch.tensor(1.0), "val/loss": torch.tensor(2.31),
            "val/acc": torch.tensor(0.45123), "other/metric": torch.tensor(7.0)}
@@ -93,10 +93,10 @@ def test_without_a_step_budget_lines_have_no_total_and_no_eta(capsys):
 
 def test_terminal_detection_picks_the_bar_or_plain_lines(capsys, monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr("callbacks.progress.stderr_is_terminal", lambda: True)
+    monkeypatch.setattr("callbacks.run.progress.stderr_is_terminal", lambda: True)
     train(StepProgressBar(refresh_seconds=0, clock=clock), fake_trainer(), clock, steps=3, seconds_per_step=60)
     assert "\r" in capsys.readouterr().err  # tqdm's redraws
-    monkeypatch.setattr("callbacks.progress.stderr_is_terminal", lambda: False)
+    monkeypatch.setattr("callbacks.run.progress.stderr_is_terminal", lambda: False)
     train(StepProgressBar(refresh_seconds=0, clock=clock), fake_trainer(), clock, steps=3, seconds_per_step=60)
     err = capsys.readouterr().err
     assert "\r" not in err and len(progress_lines(err)) == 5

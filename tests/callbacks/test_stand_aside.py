@@ -11,18 +11,18 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger
 
 from callbacks import GrokkingTime
-from callbacks.attention import AttentionMaps
-from callbacks.curvature import Curvature
-from callbacks.diagnostic import Diagnostic
-from callbacks.fourier import FourierSpectrum
-from callbacks.gates import GateDiagnostics
-from callbacks.grokking_curves import GrokkingCurves
-from callbacks.routing import RoutingDiagnostics
+from callbacks.diagnostics.attention import AttentionMaps
+from callbacks.diagnostics.base import Diagnostic
+from callbacks.diagnostics.curvature import Curvature
+from callbacks.diagnostics.fourier import FourierSpectrum
+from callbacks.diagnostics.gates import GateDiagnostics
+from callbacks.diagnostics.grokking_curves import GrokkingCurves
+from callbacks.diagnostics.routing import RoutingDiagnostics
 from datamodules import ModularArithmetic
 from datamodules.task import ModularStructure, Task, modular_structure
 from lightning_modules import AdamWRecipe, TaskModule
-from lightning_modules.routing_regularizers import entropy
 from nets import GatedMLP, RoutedFFN, SoftmaxAttention, Transformer
+from regularizers.routing import entropy
 from tests.helpers import SEQ_LEN, VOCAB, RandomTokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.output import NetOutput
 from datamodules.task import at_answers
-from lightning_modules.routing_regularizers import entropy
-from nets.output import NetOutput
+from regularizers.routing import entropy
 from tests.conftest import SMALL, rebuilt
 
 FAST = ["callbacks=diagnostics", "callbacks.gates.every_n_steps=10", "callbacks.routing.every_n_steps=20",
@@ -88,15 +88,15 @@ class Holder(torch.nn.Module):
 
 
 def test_routing_by_operation_and_the_head_map_are_the_planted_routing(tmp_path, drawn_figures):
-    import callbacks.routing
-    from callbacks.routing import RoutingDiagnostics
+    import callbacks.diagnostics.routing
+    from callbacks.diagnostics.routing import RoutingDiagnostics
     from datamodules import ModularArithmetic
 
     p = 7
     task, module = ModularArithmetic(p=p, operations=["add", "mul"], format="tokens"), Holder(PlantedRouting(p))
     trainer = SimpleNamespace(datamodule=task, global_step=40, default_root_dir=str(tmp_path), loggers=[],
                               is_global_zero=True)
-    figures = drawn_figures(callbacks.routing)
+    figures = drawn_figures(callbacks.diagnostics.routing)
     callback = RoutingDiagnostics()
     callback.setup(trainer, module, "fit")
     metrics = callback.measure(trainer, module)
@@ -123,9 +123,9 @@ def test_routing_by_operation_and_the_head_map_are_the_planted_routing(tmp_path,
 
 
 def test_a_multi_op_run_draws_usage_by_operation_of_its_final_weights(run_config, drawn_figures):
-    import callbacks.routing
+    import callbacks.diagnostics.routing
 
-    figures = drawn_figures(callbacks.routing)
+    figures = drawn_figures(callbacks.diagnostics.routing)
     overrides = [*FAST, *ROUTED, "data.operations=[add,mul]"]
     _, run_dir = run_config(overrides)
     (ax,) = [a for a in figures["routing/usage_by_operation"].axes if a.get_images()]

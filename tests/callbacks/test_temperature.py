@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from callbacks.temperature import annealed_temperature
+from callbacks.interventions.temperature import annealed_temperature
 
 
 def test_schedules_hit_their_ends_and_midpoints():
@@ -23,7 +23,7 @@ def test_gumbel_run_anneals_the_net_temperature(run_config):
 
 
 def test_annealing_needs_a_net_with_temperature(run_config):
-    from runtime.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="temperature"):
         run_config(["+callbacks.temperature._target_=callbacks.TemperatureAnnealing"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks.weight_norms import WeightNorms, group_norms, l2_norm, layer_norms
+from callbacks.diagnostics.weight_norms import WeightNorms, group_norms, l2_norm, layer_norms
 from tests.conftest import metrics_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,7 +65,7 @@ def test_group_norms_by_name_or_index():
     assert set(group_norms(unnamed)) == {"group_0", "group_1"}
 
 
-NORMS = "+callbacks.weight_norms={_target_: callbacks.weight_norms.WeightNorms, every_n_steps: 10}"
+NORMS = "+callbacks.weight_norms={_target_: callbacks.diagnostics.weight_norms.WeightNorms, every_n_steps: 10}"
 
 
 def test_a_run_logs_norms_that_add_up_match_its_checkpoint_and_survive_resume(run_config):
@@ -99,7 +99,7 @@ def test_a_run_logs_norms_that_add_up_match_its_checkpoint_and_survive_resume(ru
 
 
 def test_bad_cadence_is_refused():
-    from runtime.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="every_n_steps=0"):
         WeightNorms(every_n_steps=0)

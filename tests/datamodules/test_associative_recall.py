@@ -2,10 +2,10 @@ import pytest
 import torch
 
 import datamodules
+from core.errors import ConfigError
 from datamodules import AssociativeRecall
 from datamodules.batch import answer_columns
 from datamodules.task import Task
-from runtime.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

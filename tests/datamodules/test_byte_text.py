@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import datamodules
+from core.errors import ConfigError
 from datamodules import ByteText
 from datamodules.byte_text import TrainWindows
 from datamodules.byte_tokenizer import VOCAB_SIZE, decode, encode
 from datamodules.task import Task
-from runtime.errors import ConfigError
 
 
 def pydoc_text() -> bytes:

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 import datamodules
+from core.errors import ConfigError
 from datamodules import ReversedDigitAddition
 from datamodules.digit_addition import DIGIT_OPERATIONS, EOS, SEP, FreshTrainBatches
 from datamodules.task import Task
-from runtime.errors import ConfigError
 
 
 def brute_force_carries(x: int, n: int, k: int) -> list[bool]:

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.errors import ConfigError
 from datamodules import ModularArithmetic
 from datamodules.loss_bounds import LossBounds, classify_phase, loss_bounds
-from runtime.errors import ConfigError
 
 
 @pytest.mark.parametrize("p", [7, 97, 113])

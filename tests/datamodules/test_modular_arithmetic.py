@@ -3,10 +3,10 @@ import re
 import pytest
 import torch
 
+from core.errors import ConfigError
 from datamodules import ModularArithmetic
 from datamodules.loaders import TrainBatches
 from datamodules.operations import OPERATIONS, is_prime
-from runtime.errors import ConfigError
 
 
 def reference_label(op: str, a: int, b: int, p: int) -> int:

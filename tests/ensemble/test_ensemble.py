@@ -11,16 +11,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from analysis import load_sweep
+from core.errors import ConfigError
 from datamodules.batch import Batch, TaskSpec
-from ensemble.members import Member
-from ensemble.module import EnsembleModule
-from ensemble.run import run_ensemble
 from lightning_modules.answers import task_loss
+from lightning_modules.ensemble_module import EnsembleModule
 from lightning_modules.optimization import AdamWRecipe
 from nets import MLPFFN, GatedDeltaNet, HybridLM, SoftmaxAttention, Transformer
 from runtime.config.build import build
 from runtime.config.compose import compose_config
-from runtime.errors import ConfigError
+from runtime.engines.ensemble import run_ensemble
+from runtime.engines.members import Member
 from tests.conftest import SMALL, launch_cli, read_json, reproducible_rows
 from tests.fla_stand_in import force_fla
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble.optimizer import StackedAdamW
-from ensemble.stacked import StackedNets
 from lightning_modules.optimization import AdamWRecipe
+from lightning_modules.stacked import StackedNets
+from lightning_modules.stacked_adamw import StackedAdamW
 
 
 class Tiny(nn.Module):

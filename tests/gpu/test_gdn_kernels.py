@@ -1,15 +1,15 @@
 """flash-linear-attention's Triton kernel against the pure-PyTorch Gated DeltaNet (the reference): the same outputs,
 final states and gradients on a CUDA device, in float32 and, through the layer, under bf16 autocast. Skipped without
-a GPU, and where fla cannot run correctly (not installed; Hopper with a Triton fla refuses: nets/gdn_kernel.py), with
+a GPU, and where fla cannot run correctly (not installed; Hopper with a Triton fla refuses: nets/kernels/fla_choice.py), with
 the reason the layer gives for kernel=fla."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nets.gated_delta import chunk_gated_delta_rule
-from nets import gdn_kernel
-from nets.gdn_kernel import fla_installed, fla_refusal
-from nets.gdn_mixer import GatedDeltaNet
+from nets.kernels import fla_choice
+from nets.kernels.fla_choice import fla_installed, fla_refusal
+from nets.kernels.gated_delta import chunk_gated_delta_rule
+from nets.parts.gated_deltanet import GatedDeltaNet
 
 REFUSED = fla_refusal()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -93,7 +93,7 @@ def test_fla_s_forward_takes_the_layer_s_inputs_in_float32_and_under_bf16(monkey
     agrees with the PyTorch form, and under bf16 autocast it compiles (the error that once stopped it was "Both
     operands must be same dtype") and is as close to float32 as the PyTorch form's bf16 run (twice its error plus
     1e-2, as the trained comparison above)."""
-    monkeypatch.setattr(gdn_kernel, "fla_refusal", lambda: None)  # build a layer that runs fla here
+    monkeypatch.setattr(fla_choice, "fla_refusal", lambda: None)  # build a layer that runs fla here
     fused, reference = twin_layers()
     x = torch.randn(2, 300, 128, device="cuda")
     with torch.no_grad():

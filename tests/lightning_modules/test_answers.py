@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.func import vmap
 
+from core.output import NetOutput
 from datamodules.batch import Batch, TaskSpec
 from lightning_modules.answers import AnswerMetrics, answer_sums, metric_names, metrics_from_sums, task_loss
 from lightning_modules.decoding import greedy_logits
-from nets.output import NetOutput
 
 SPEC = TaskSpec(num_classes=5, vocab_size=5, seq_len=4, group_names=("g0", "g1"),
                 metrics=("acc", "exact_match", "position_acc"), answer_length=2)

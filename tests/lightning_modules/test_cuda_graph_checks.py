@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from callbacks import FiniteLossGuard, GrokkingTime, RunCheckpoint, TemperatureAnnealing
-from callbacks.grokfast import Grokfast
-from callbacks.throughput import Throughput
+from callbacks.interventions.grokfast import Grokfast
+from callbacks.run.throughput import Throughput
+from core.errors import ConfigError
 from datamodules import ModularArithmetic
 from lightning_modules.cuda_graph import check_graphable, check_step_setup
-from runtime.errors import ConfigError
 from tests.conftest import ROOT
 
 
@@ -73,7 +73,7 @@ def test_every_full_batch_preset_passes_the_captured_step_checks_with_its_own_ca
     """The preset's real data, module, callbacks and trainer (built as a launch builds them, on this machine's
     device) through every check but the device's."""
     from runtime.config.compose import compose_config
-    from runtime.run.assemble import assemble
+    from runtime.lifecycle.assemble import assemble
 
     cfg = compose_config([f"experiment={experiment}", "module.cuda_graph=true"], output_dir=tmp_path)
     if cfg.data.get("batch_size") != -1:

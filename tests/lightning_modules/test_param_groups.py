@@ -2,12 +2,12 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import ConfigError
 from lightning_modules import AdamWRecipe, DecayPolicy
 from lightning_modules.param_groups import categories, split_by_decay
 from nets import MLP, GatedMLP, RoutedMLP
 from runtime.config.build import build
 from runtime.config.compose import compose_config
-from runtime.errors import ConfigError
 from tests.nets.helpers import routed_transformer, transformer
 
 

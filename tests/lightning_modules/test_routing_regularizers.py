@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from lightning_modules.routing_regularizers import RoutingRegularizer, entropy
-from nets.output import NetOutput
-from runtime.errors import ConfigError
+from core.errors import ConfigError
+from core.output import NetOutput
+from regularizers.routing import RoutingRegularizer, entropy
 from tests.conftest import SMALL
 
 N = 4

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.spectral import frequency_weights, spectral_term
+from regularizers.spectral import frequency_weights, spectral_term
 
 
 def planted(p, k):
@@ -54,7 +54,7 @@ def test_spectral_penalty_lowers_the_term_against_no_penalty_from_the_same_init(
 
 
 def test_spectral_refuses_division(run_config):
-    from runtime.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.operations"):
         run_config(["data.operations=[div]", "regularizer=spectral"])
@@ -63,8 +63,8 @@ def test_spectral_refuses_division(run_config):
 def test_spectral_refuses_a_task_without_modular_structure_in_one_line_naming_the_keys():
     from types import SimpleNamespace
 
-    from lightning_modules.spectral import SpectralPenalty
-    from runtime.errors import ConfigError
+    from core.errors import ConfigError
+    from regularizers.spectral import SpectralPenalty
     from tests.helpers import RandomTokens
 
     module = SimpleNamespace(trainer=SimpleNamespace(datamodule=RandomTokens()))
@@ -81,8 +81,8 @@ def test_the_term_reads_the_answer_position_of_every_format(format):
 
     from datamodules import ModularArithmetic
     from lightning_modules.answers import aligned_logits
-    from lightning_modules.spectral import SpectralPenalty
     from nets import MLP, Transformer
+    from regularizers.spectral import SpectralPenalty
 
     p = 7
     data = ModularArithmetic(p=p, format=format)
@@ -104,8 +104,8 @@ def test_under_bf16_autocast_the_spectrum_is_taken_in_float32(monkeypatch):
     from types import SimpleNamespace
 
     from datamodules import ModularArithmetic
-    from lightning_modules.spectral import SpectralPenalty
     from nets import MLP
+    from regularizers.spectral import SpectralPenalty
 
     real_fft2 = torch.fft.fft2
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.output import NetOutput
 from datamodules import ModularArithmetic
 from lightning_modules import AdamWRecipe, TaskModule
 from lightning_modules.answers import task_loss
-from nets.output import NetOutput
 from tests.nets.helpers import transformer
 
 

@@ -1,4 +1,4 @@
-"""Softmax attention with a short convolution on q, k, v (nets/mixers.py, conv_size): against a computation by hand,
+"""Softmax attention with a short convolution on q, k, v (nets/parts/attention.py, conv_size): against a computation by hand,
 causal, and no change at all to nets built without it (attention at selected queries: test_rotary.py)."""
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nets import InvalidSetting, SoftmaxAttention
+from core.errors import ConfigError
+from nets import SoftmaxAttention
 
 
 def conv_attention_by_hand(attn, x, kernel):
@@ -69,6 +70,6 @@ def test_without_a_convolution_nothing_changes():
 
 @pytest.mark.parametrize("conv_size", [-1, 2.0, True, "4"])
 def test_a_bad_conv_size_is_refused_in_one_line(conv_size):
-    with pytest.raises(InvalidSetting) as info:
+    with pytest.raises(ConfigError) as info:
         SoftmaxAttention(8, n_heads=2, conv_size=conv_size)
     assert info.value.key == "conv_size" and "\n" not in str(info.value)

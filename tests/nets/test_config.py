@@ -6,10 +6,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from core.errors import ConfigError
 from nets import GLUFFN, MLPFFN, RoutedFFN, SoftmaxAttention, Transformer
 from runtime.config.build import build_net
 from runtime.config.compose import compose_config
-from runtime.errors import ConfigError
 from tests.nets.helpers import routed_transformer
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
@@ -97,11 +97,11 @@ def test_a_setting_neither_the_net_nor_a_part_takes_is_still_refused(tmp_path):
 
 
 def test_a_config_error_is_an_invalid_setting_and_stays_one_when_qualified():
-    from nets import InvalidSetting
+    from core.errors import ConfigError
 
     err = ConfigError("p", 4, "a prime", related=["q"])
-    assert isinstance(err, InvalidSetting) and isinstance(err.under("data"), ConfigError)
-    assert str(InvalidSetting("n", 0, "more than q=1", ["q"]).under("model")) == (
+    assert isinstance(err, ConfigError) and isinstance(err.under("data"), ConfigError)
+    assert str(ConfigError("n", 0, "more than q=1", ["q"]).under("model")) == (
         "model.n=0 is not allowed: expected more than model.q=1")
-    kept = InvalidSetting("n_heads", 3, "a divisor of d_model=8", ["d_model"]).under("mixer", keep=["d_model"])
+    kept = ConfigError("n_heads", 3, "a divisor of d_model=8", ["d_model"]).under("mixer", keep=["d_model"])
     assert (kept.key, kept.related, kept.allowed) == ("mixer.n_heads", ("d_model",), "a divisor of d_model=8")

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nets.gated_delta import chunk_gated_delta_rule, recurrent_gated_delta_rule
-from nets.settings import InvalidSetting
+from core.errors import ConfigError
+from nets.kernels.gated_delta import chunk_gated_delta_rule, recurrent_gated_delta_rule
 
 FORMS = {"recurrent": recurrent_gated_delta_rule, "chunk": lambda *a, **kw: chunk_gated_delta_rule(*a, chunk_size=4, **kw)}
 EXACT = dict(atol=1e-10, rtol=0)
@@ -135,7 +135,7 @@ BAD = {
 @pytest.mark.parametrize("name", BAD)
 def test_mismatched_shapes_are_named(form, name):
     q, k, v, g, beta, s = BAD[name](*inputs(T=8))
-    with pytest.raises(InvalidSetting, match=rf"^{name}=") as err:
+    with pytest.raises(ConfigError, match=rf"^{name}=") as err:
         FORMS[form](q, k, v, g, beta, initial_state=s)
     assert err.value.key == name
 
@@ -143,6 +143,6 @@ def test_mismatched_shapes_are_named(form, name):
 @pytest.mark.parametrize("chunk_size", [0, -3, 2.5])
 def test_bad_chunk_size_is_named(chunk_size):
     q, k, v, g, beta, _ = inputs(T=8)
-    with pytest.raises(InvalidSetting, match="chunk_size") as err:
+    with pytest.raises(ConfigError, match="chunk_size") as err:
         chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=chunk_size)
     assert err.value.key == "chunk_size"

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
+from core.errors import ConfigError
+from core.output import NetOutput
 from lightning_modules import DecayPolicy
-from lightning_modules.compute_cost import ComputeCost
 from lightning_modules.param_groups import split_by_decay
-from nets import GatedMLP, InvalidSetting
-from nets.output import NetOutput
-from runtime.errors import ConfigError
+from nets import GatedMLP
+from regularizers.compute_cost import ComputeCost
 from tests.conftest import metrics_rows
 
 
@@ -133,7 +133,7 @@ def test_a_closed_gate_skips_its_layer_and_widths_change_through_projections_alo
     (dict(hidden_dims=8), "a non-empty list of positive integers"),
 ])
 def test_bad_widths_are_one_line_errors_under_the_model_group(kw, allowed):
-    with pytest.raises(InvalidSetting) as info:
+    with pytest.raises(ConfigError) as info:
         GatedMLP(in_features=6, num_classes=3, **kw)
     message = str(info.value.under("model"))
     assert info.value.key == "hidden_dims" and message.startswith("model.hidden_dims=") and allowed in message
@@ -141,9 +141,9 @@ def test_bad_widths_are_one_line_errors_under_the_model_group(kw, allowed):
 
 
 def test_bad_gate_settings():
-    with pytest.raises(InvalidSetting):
+    with pytest.raises(ConfigError):
         net(gate_type="relu")
-    with pytest.raises(InvalidSetting):
+    with pytest.raises(ConfigError):
         net(gate_init=0.0)
     with pytest.raises(ConfigError):
         ComputeCost("flops", 0.1)

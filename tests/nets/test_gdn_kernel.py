@@ -1,4 +1,4 @@
-"""Which kernel runs Gated DeltaNet (nets/gdn_kernel.py, nets/gdn_mixer.py): fla's rule applied to a machine's facts,
+"""Which kernel runs Gated DeltaNet (nets/kernels/fla_choice.py, nets/parts/gated_deltanet.py): fla's rule applied to a machine's facts,
 the choice made when a layer is built, and what fla is handed (checked by the CPU stand-in of tests/fla_stand_in.py,
 which returns the reference result)."""
 from dataclasses import replace
@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from nets import GLUFFN, GatedDeltaNet, HybridLM, InvalidSetting, SoftmaxAttention, gdn_kernel
-from nets.gdn_kernel import MachineFacts, refusal, version_key
-from nets.gdn_mixer import kernel_in_use
+from core.errors import ConfigError
+from nets import GLUFFN, GatedDeltaNet, HybridLM, SoftmaxAttention
+from nets.kernels import fla_choice
+from nets.kernels.fla_choice import MachineFacts, refusal, version_key
+from nets.parts.gated_deltanet import kernel_in_use
 from runtime.config.build import build_net
 from runtime.config.compose import compose_config
-from runtime.errors import ConfigError
 from tests.fla_stand_in import GOOD_MACHINE, force_fla
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,8 +59,8 @@ def test_versions_compare_as_releases():
 @pytest.mark.parametrize("facts", [GOOD_MACHINE, H200_TRITON_36, MachineFacts(), MachineFacts(fla="0.6.0")],
                          ids=["fla-runs", "hopper-triton-3.6", "not-installed", "no-cuda"])
 def test_the_layer_decides_when_built_and_notes_a_gpu_fallback_once(monkeypatch, capsys, facts):
-    monkeypatch.setattr(gdn_kernel, "machine_facts", lambda: facts)
-    monkeypatch.setattr(gdn_kernel, "_noted", set())
+    monkeypatch.setattr(fla_choice, "machine_facts", lambda: facts)
+    monkeypatch.setattr(fla_choice, "_noted", set())
     refused = refusal(facts)
     layers = [GatedDeltaNet(d_model=8, n_heads=2) for _ in range(3)]  # kernel=auto
     assert [layer.runs_fla for layer in layers] == [refused is None] * 3
@@ -70,7 +71,7 @@ def test_the_layer_decides_when_built_and_notes_a_gpu_fallback_once(monkeypatch,
     if refused is None:
         assert GatedDeltaNet(d_model=8, n_heads=2, kernel="fla").runs_fla
     else:
-        with pytest.raises(InvalidSetting) as err:
+        with pytest.raises(ConfigError) as err:
             GatedDeltaNet(d_model=8, n_heads=2, kernel="fla")
         assert str(err.value) == f"kernel='fla' is not allowed: expected auto or torch: {refused}"
     net = HybridLM(12, 12, 6, layers=["gdn", "attn"], d_model=8, gdn=partial(GatedDeltaNet, n_heads=2),
@@ -86,14 +87,14 @@ def test_kernel_torch_reads_no_machine_facts(monkeypatch):
     def unreadable():
         raise AssertionError("kernel=torch must not look at the machine")
 
-    monkeypatch.setattr(gdn_kernel, "machine_facts", unreadable)
+    monkeypatch.setattr(fla_choice, "machine_facts", unreadable)
     layer = GatedDeltaNet(d_model=8, n_heads=2, kernel="torch")
     assert not layer.runs_fla and kernel_in_use(layer, "cuda") == "torch (kernel=torch)"
     assert kernel_in_use(SoftmaxAttention(d_model=8, n_heads=2), "cuda") is None
 
 
 def test_kernel_fla_is_refused_in_one_line_under_its_key(monkeypatch, tmp_path):
-    monkeypatch.setattr(gdn_kernel, "machine_facts", lambda: H200_TRITON_36)
+    monkeypatch.setattr(fla_choice, "machine_facts", lambda: H200_TRITON_36)
     cfg = compose_config(["model=hybrid_lm", "data.format=tokens", "model.gdn.kernel=fla"], output_dir=tmp_path)
     with pytest.raises(ConfigError) as info:
         build_net(cfg.model, instantiate(cfg.data).spec)
@@ -102,7 +103,7 @@ def test_kernel_fla_is_refused_in_one_line_under_its_key(monkeypatch, tmp_path):
 
 
 def test_kernel_fla_refuses_an_input_fla_cannot_take(monkeypatch):
-    monkeypatch.setattr(gdn_kernel, "machine_facts", lambda: GOOD_MACHINE)
+    monkeypatch.setattr(fla_choice, "machine_facts", lambda: GOOD_MACHINE)
     layer = GatedDeltaNet(d_model=8, n_heads=2, kernel="fla")
     with pytest.raises(RuntimeError, match=r"runs on cuda inputs in float32, bfloat16 or float16 only \(got cpu"):
         layer(torch.randn(1, 5, 8))
@@ -125,8 +126,8 @@ def test_torch_func_transforms_and_reference_form_run_the_pytorch_form(monkeypat
     reference(x[0])[0].square().sum().backward()
     for (name, g), p_ref in zip(grads.items(), reference.parameters()):
         torch.testing.assert_close(g, p_ref.grad, rtol=0, atol=1e-12, msg=name)
-    with gdn_kernel.reference_form():
-        with gdn_kernel.reference_form():
+    with fla_choice.reference_form():
+        with fla_choice.reference_form():
             fla(x[0])
         fla(x[0])
     assert stand_in.calls == 1
@@ -134,9 +135,9 @@ def test_torch_func_transforms_and_reference_form_run_the_pytorch_form(monkeypat
     assert stand_in.calls == 2  # and after it, fla again
 
 
-@pytest.mark.skipif(gdn_kernel.fla_installed(), reason="this machine has flash-linear-attention")
+@pytest.mark.skipif(fla_choice.fla_installed(), reason="this machine has flash-linear-attention")
 def test_this_machine_without_fla_runs_the_pytorch_form():
-    assert gdn_kernel.machine_facts() == MachineFacts() and gdn_kernel.fla_refusal() == NOT_INSTALLED
+    assert fla_choice.machine_facts() == MachineFacts() and fla_choice.fla_refusal() == NOT_INSTALLED
     assert not GatedDeltaNet(d_model=8, n_heads=2).runs_fla
 
 

@@ -1,4 +1,4 @@
-"""The Gated DeltaNet mixer (nets/gdn_mixer.py): shapes, chunk = recurrent, causality, the short convolution, the
+"""The Gated DeltaNet mixer (nets/parts/gated_deltanet.py): shapes, chunk = recurrent, causality, the short convolution, the
 initialisation, weight-decay names, gradients, bad settings."""
 from functools import partial
 
@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nets import GatedDeltaNet, InvalidSetting, MLPFFN, Transformer, gdn_kernel
-from nets.short_conv import ShortConvolution
+from core.errors import ConfigError
+from nets import MLPFFN, GatedDeltaNet, Transformer
+from nets.kernels import fla_choice
+from nets.parts.short_conv import ShortConvolution
 
 
 def test_shapes_and_widths():
@@ -122,13 +124,13 @@ def test_gradients_reach_every_parameter(use_gate):
     (dict(d_model=8, n_heads=2, kernel="triton"), "kernel"),
 ])
 def test_bad_settings_name_their_key(settings, key):
-    with pytest.raises(InvalidSetting) as err:
+    with pytest.raises(ConfigError) as err:
         GatedDeltaNet(**settings)
     assert err.value.key == key and str(err.value).startswith(f"{key}=")
 
 
 def test_bad_setting_in_the_transformer_is_qualified_by_the_slot():
-    with pytest.raises(InvalidSetting) as err:
+    with pytest.raises(ConfigError) as err:
         Transformer(10, 10, 6, d_model=8, mixer=partial(GatedDeltaNet, n_heads=3))
     assert err.value.key == "mixer.n_heads"
 
@@ -136,12 +138,12 @@ def test_bad_setting_in_the_transformer_is_qualified_by_the_slot():
 def test_the_cpu_runs_the_pytorch_form_and_kernel_fla_is_refused_where_it_cannot_run():
     layer = GatedDeltaNet(d_model=8, n_heads=2)  # kernel=auto
     assert not layer.uses_fla(torch.randn(1, 5, 8))  # a CPU input: the reference form, installed or not
-    refused = gdn_kernel.fla_refusal()
+    refused = fla_choice.fla_refusal()
     if refused is None:  # a GPU machine where fla runs: kernel=fla is built, and refuses a CPU input
         with pytest.raises(RuntimeError, match="runs on cuda inputs"):
             GatedDeltaNet(d_model=8, n_heads=2, kernel="fla")(torch.randn(1, 5, 8))
     else:
-        with pytest.raises(InvalidSetting) as err:
+        with pytest.raises(ConfigError) as err:
             GatedDeltaNet(d_model=8, n_heads=2, kernel="fla")
         assert err.value.key == "kernel" and str(err.value) == f"kernel='fla' is not allowed: expected auto or " \
                                                                f"torch: {refused}"

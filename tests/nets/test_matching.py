@@ -1,9 +1,9 @@
-"""Parameter matching (nets/matching.py): GLU and MoE FFNs sized to a dense MLP FFN's parameter count, counted on
+"""Parameter matching (nets/parts/matching.py): GLU and MoE FFNs sized to a dense MLP FFN's parameter count, counted on
 real modules."""
 import pytest
 
 from nets import GLUFFN, MLPFFN, MoEFFN
-from nets.matching import ffn_parameter_count, matched_hidden
+from nets.parts.matching import ffn_parameter_count, matched_hidden
 
 # (d_model, dense hidden): the study's size first. Rounding a width moves the count by up to half a unit's
 # parameters, E (3 d_model + 2) / 2 for E GLU experts, about 3E / 4h of the dense count: 1 % is in reach when the

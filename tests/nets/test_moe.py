@@ -1,5 +1,5 @@
-"""The mixture-of-experts FFN (nets/moe.py) against a per-token reference, its regularisers
-(lightning_modules/moe_regularizers.py), and MoE transformers built in code and from the config."""
+"""The mixture-of-experts FFN (nets/parts/moe.py) against a per-token reference, its regularisers
+(regularizers/moe.py), and MoE transformers built in code and from the config."""
 from fractions import Fraction
 from functools import partial
 from math import ceil, log
@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from lightning_modules.moe_regularizers import ExpertBalance, RouterZLoss, expert_balance
+from core.errors import ConfigError
 from lightning_modules.param_groups import DecayPolicy, split_by_decay
-from lightning_modules.routing_regularizers import RoutingRegularizer
-from nets import GLUFFN, MLPFFN, InvalidSetting, MoEFFN, NetOutput, SoftmaxAttention, Transformer
+from nets import GLUFFN, MLPFFN, MoEFFN, NetOutput, SoftmaxAttention, Transformer
+from regularizers.moe import ExpertBalance, RouterZLoss, expert_balance
+from regularizers.routing import RoutingRegularizer
 from runtime.config.build import build_net
 from runtime.config.compose import compose_config
-from runtime.errors import ConfigError
 
 
 def moe(seed=0, **kw):
@@ -195,7 +195,7 @@ def test_moe_names_its_own_bad_settings(make, key):
     if key is None:
         make()  # allowed
         return
-    with pytest.raises(InvalidSetting) as info:
+    with pytest.raises(ConfigError) as info:
         make()
     assert info.value.key == key and "\n" not in str(info.value)
 
@@ -251,7 +251,7 @@ def test_balance_counts_on_the_device_and_runs_under_vmap_without_a_loop_over_me
     # rule, so torch ran it member by member (with a warning), and it reads its input's maximum on the host
     import warnings
 
-    from nets.moe import assignment_counts
+    from nets.parts.moe import assignment_counts
 
     assert assignment_counts(torch.tensor([[2, 0], [2, 2]]), 4).tolist() == [1, 0, 3, 0]
     gen = torch.Generator().manual_seed(0)

@@ -1,9 +1,10 @@
-"""The parts of a transformer block (nets/mixers.py, nets/ffns.py, nets/block.py) and the aux tensors they return."""
+"""The parts of a transformer block (nets/parts/attention.py, nets/parts/ffns.py, nets/parts/block.py) and the aux tensors they return."""
 import pytest
 import torch
 from torch import nn
 
-from nets import GLUFFN, MLPFFN, Block, InvalidSetting, NetOutput, RoutedFFN, SoftmaxAttention
+from core.errors import ConfigError
+from nets import GLUFFN, MLPFFN, Block, NetOutput, RoutedFFN, SoftmaxAttention
 
 
 def test_glu_shapes_and_width():
@@ -34,7 +35,7 @@ def test_glu_by_hand():
 
 
 def test_a_glu_matched_to_the_dense_mlp_takes_its_own_width():
-    """match=dense reads d_hidden as the dense MLP's width (nets/matching.py; counts in tests/nets/test_matching.py)."""
+    """match=dense reads d_hidden as the dense MLP's width (nets/parts/matching.py; counts in tests/nets/test_matching.py)."""
     assert GLUFFN(d_model=64, d_hidden=256, match="dense").up.out_features == 170  # (2*64 + 1) * 256 / (3*64 + 2)
     assert GLUFFN(d_model=64, d_hidden=256, bias=False, match="dense").up.out_features == 171  # 2/3 * 256
     assert GLUFFN(d_model=8, match="dense").gate.out_features == 21  # null: 4 * d_model = 32 matched
@@ -67,7 +68,7 @@ def test_routed_ffn_weights_sum_to_one_and_its_gate_is_declared():
                                        (lambda: SoftmaxAttention(8, n_heads=3), "n_heads"),
                                        (lambda: SoftmaxAttention(8, bias=None), "bias")])
 def test_parts_name_their_own_bad_settings(make, key):
-    with pytest.raises(InvalidSetting) as info:
+    with pytest.raises(ConfigError) as info:
         make()
     assert info.value.key == key and "\n" not in str(info.value)
 
@@ -102,7 +103,7 @@ def test_rmsnorm_scales_by_the_root_mean_square_only():
     assert [name for name, _ in block.ln_ffn.named_parameters()] == ["weight"]  # a scale, no bias
     x = torch.tensor([[3.0, -1.0, 1.0, 1.0]])  # mean square 3: x / sqrt(3)
     torch.testing.assert_close(block.ln_attn(x), x / 3**0.5, atol=1e-5, rtol=1e-5)
-    with pytest.raises(InvalidSetting, match="layernorm, rmsnorm, none"):
+    with pytest.raises(ConfigError, match="layernorm, rmsnorm, none"):
         Block(4, Doubler(), Doubler(), norm="batchnorm")
 
 

@@ -1,4 +1,4 @@
-"""Rotary position embedding (nets/rotary.py) and softmax attention with it (nets/mixers.py): against a complex-number
+"""Rotary position embedding (nets/kernels/rotary.py) and softmax attention with it (nets/parts/attention.py): against a complex-number
 reference, the relative-position property, the attention unchanged without it, and attention at selected queries."""
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nets import InvalidSetting, SoftmaxAttention, apply_rotary
+from core.errors import ConfigError
+from nets import SoftmaxAttention, apply_rotary
 
 
 def complex_rotary(x, positions, base=10000.0):
@@ -128,7 +129,7 @@ def test_attend_at_a_subset_is_those_rows_of_the_full_forward(rotary, conv_size)
 
 
 def test_an_odd_head_width_refuses_rotary():
-    with pytest.raises(InvalidSetting) as info:
+    with pytest.raises(ConfigError) as info:
         SoftmaxAttention(12, n_heads=4, rotary=True)
     assert info.value.key == "rotary" and "\n" not in str(info.value)
     SoftmaxAttention(12, n_heads=4)  # without rotary an odd width is fine

@@ -1,12 +1,12 @@
-"""The token router (nets/token_router.py) and the routed GDN / softmax mixer (nets/routed_mixer.py): hard one-hot
+"""The token router (nets/parts/token_router.py) and the routed GDN / softmax mixer (nets/parts/routed_mixer.py): hard one-hot
 decisions with straight-through gradients, deterministic eval, and the sparse mode computing the dense forward."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nets import GatedDeltaNet, InvalidSetting, RoutedMixer, SoftmaxAttention, TokenRouter
-from nets.routed_mixer import GDN, SOFTMAX
-
+from core.errors import ConfigError
+from nets import GatedDeltaNet, RoutedMixer, SoftmaxAttention, TokenRouter
+from nets.parts.routed_mixer import GDN, SOFTMAX
 
 # tiny tensors: a second thread buys nothing, and on a busy 2-core machine its spin-waiting costs 10x
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,7 +65,7 @@ def test_temperature_changes_the_soft_sample_not_the_hard_choice():
         results.append((r.weights.detach(), router.proj.weight.grad.clone()))
     assert torch.equal(results[0][0], results[1][0])
     assert not torch.allclose(results[0][1], results[1][1])
-    with pytest.raises(InvalidSetting) as info:
+    with pytest.raises(ConfigError) as info:
         router.temperature = 0
     assert info.value.key == "temperature"
 
@@ -153,6 +153,6 @@ def test_sparse_declares_data_dependent_shapes_and_modes_are_checked():
     assert RoutedMixer(gdn, attn, "sparse").data_dependent_shapes
     assert not RoutedMixer(gdn, attn, "dense").data_dependent_shapes
     assert RoutedMixer(gdn, attn).no_weight_decay() == {"gdn.A_log", "gdn.dt_bias"}
-    with pytest.raises(InvalidSetting) as info:
+    with pytest.raises(ConfigError) as info:
         RoutedMixer(gdn, attn, "lazy")
     assert info.value.key == "mode"

@@ -3,7 +3,8 @@ from functools import partial
 import pytest
 import torch
 
-from nets import MLP, InvalidSetting, SoftmaxAttention, Transformer
+from core.errors import ConfigError
+from nets import MLP, SoftmaxAttention, Transformer
 from tests.nets.helpers import routed_transformer, transformer
 
 
@@ -58,7 +59,7 @@ def test_explicit_attention_matches_fused_kernel_and_is_causal():
 def test_weight_tying_shares_one_tensor():
     net = small(tie_weights=True)
     assert net.unembed.weight is net.token_embedding.weight
-    with pytest.raises(InvalidSetting):
+    with pytest.raises(ConfigError):
         Transformer(vocab_size=10, num_classes=7, seq_len=4, tie_weights=True)
 
 
@@ -141,13 +142,13 @@ def test_parameter_names_are_those_of_the_transformer_before_parts():
                                      (dict(attn_bias="no"), "mixer.bias"), (dict(d_mlp=0), "ffn.d_hidden"),
                                      (dict(ffn="routed", n_ffn_heads=1), "ffn.n_heads")])
 def test_bad_settings_are_named_under_their_part(kw, key):
-    with pytest.raises(InvalidSetting) as info:
+    with pytest.raises(ConfigError) as info:
         transformer(vocab_size=10, num_classes=10, seq_len=4, **kw)
     assert info.value.key == key
 
 
 def test_heads_that_do_not_divide_the_width_name_both_settings_under_their_group():
-    with pytest.raises(InvalidSetting) as info:
+    with pytest.raises(ConfigError) as info:
         Transformer(vocab_size=10, num_classes=10, seq_len=4, d_model=128, mixer=partial(SoftmaxAttention, n_heads=3))
     assert str(info.value) == "mixer.n_heads=3 is not allowed: expected a divisor of d_model=128"
     assert str(info.value.under("model")) == ("model.mixer.n_heads=3 is not allowed: expected a divisor of "
@@ -157,5 +158,5 @@ def test_heads_that_do_not_divide_the_width_name_both_settings_under_their_group
 def test_parts_are_given_as_factories_not_built_modules():
     from nets import MLPFFN
 
-    with pytest.raises(InvalidSetting, match=r"^ffn='a built MLPFFN' is not allowed: expected a factory"):
+    with pytest.raises(ConfigError, match=r"^ffn='a built MLPFFN' is not allowed: expected a factory"):
         Transformer(vocab_size=10, num_classes=10, seq_len=4, d_model=8, ffn=MLPFFN(8))

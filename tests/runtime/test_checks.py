@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from core.errors import ConfigError
 from runtime.config.checks import check_run_settings
 from runtime.config.compose import compose_config
-from runtime.errors import ConfigError
 
 STEPS = "an integer >= 1"
 DEVICES = "a positive integer, -1 (all), auto, or a list of device indices"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from runtime.errors import ConfigError
+from core.errors import ConfigError
 
 
 def weights(run_dir):

@@ -4,9 +4,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from runtime.errors import NonFiniteLossError
-from runtime.run.init_weights import fingerprint, prepare_init
-from runtime.run.status import diverged
+from core.errors import NonFiniteLossError
+from runtime.lifecycle.init_weights import fingerprint, prepare_init
+from runtime.lifecycle.status import diverged
 
 
 class Module(nn.Module):

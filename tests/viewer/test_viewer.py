@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from runtime.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import SMALL, launch_cli, metrics_rows, read_json
 from viewer import data, sweeps
 from viewer.__main__ import main
