@@ -5,7 +5,7 @@ The loss is cross-entropy on the positions the batch's `loss_mask` selects; the 
 declares (`TaskSpec.metrics`, lightning_modules.answers) on the positions its `answer_mask` selects, read from one
 teacher-forced forward or generated token by token (`TaskSpec.decoding`). Training metrics are computed and logged
 only on logging steps, so a full-batch step costs what the net costs. They come from the step's own forward, so
-they measure the weights before its update (callbacks.grokking_time counts a train threshold accordingly).
+they measure the weights before its update (callbacks/run/grokking_time.py counts a train threshold accordingly).
 """
 from __future__ import annotations
 
