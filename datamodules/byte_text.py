@@ -69,7 +69,7 @@ def read_corpus(path: str | os.PathLike | None) -> tuple[bytes, CorpusInfo]:
             raise ConfigError("path", str(path), f"null (the bundled {BUNDLED} text) or a readable file "
                                                   f"({err.strerror or type(err).__name__})") from None
         name, version = str(path), None
-    return data, CorpusInfo(name, len(data), hashlib.sha256(data).hexdigest()[:16], version)
+    return data, CorpusInfo(name, len(data), hashlib.sha256(data).hexdigest()[:16], version, tokenizer="bytes")
 
 
 def evenly_spaced_starts(size: int, length: int, count: int, device: torch.device | None = None) -> Tensor:
