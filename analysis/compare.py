@@ -1,10 +1,10 @@
 """`python -m analysis.compare RUN [RUN ...] [--out DIR]`: language-model runs side by side.
 
 The hybrid-LM study's comparison (static layers against per-token routing, dense against compute-saving routing):
-one row per run with its tokenizer, its final validation loss and perplexity (per token), bits per byte (the summed
-loss over the bytes of text the targets stand for: one scale across tokenizers) and next-token accuracy, its training and
-evaluation speed in tokens/s, its parameter count, and for routed layers the share of tokens each sent to softmax
-attention (eval mode, on the routing diagnostic's validation probe; else the last training batch's share). Each
+one row per run with its tokenizer, its final validation loss and perplexity (per token), bits per byte (the
+summed loss over the bytes of text the targets stand for: one scale across tokenizers) and next-token accuracy, its
+training and evaluation speed in tokens/s, its parameter count, and for routed layers the share of tokens each sent
+to softmax attention (eval mode, on the routing diagnostic's validation probe; else the last training batch's share). Each
 argument is a run folder, a multirun folder or a folder of runs. Writes `comparison.csv`, `comparison.md` and
 `comparison.png` (validation loss over steps and over wall-clock time) into --out (default: the first path's
 `analysis/`), and prints the Markdown table. A bad path is one line on stderr and exit code 1.

@@ -40,7 +40,8 @@ class PackageCorpus:
 
     name: str = "ansible"
     version: str = "12.3.0"
-    licence: str = "GPL-3.0-or-later (the bundled collections: mostly GPL-3.0-or-later, some BSD-2-Clause, MIT, Apache-2.0)"
+    licence: str = ("GPL-3.0-or-later (the bundled collections: mostly GPL-3.0-or-later, some BSD-2-Clause, MIT, "
+                    "Apache-2.0)")
     suffixes: tuple[str, ...] = (".py", ".yml", ".yaml", ".md", ".rst", ".txt", ".ps1", ".psm1", ".j2", ".sh", ".cfg",
                                  ".ini", ".toml")
     extra: str = "lm-corpus"

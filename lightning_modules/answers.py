@@ -85,7 +85,7 @@ def answer_sums(loss: Tensor, logits: Tensor, batch: Batch, n_groups: int, n_pos
 
 
 def token_bytes_of(spec: TaskSpec, device: torch.device | str | None = None) -> Tensor | None:
-    """(vocab,) float64 bytes of text per id for tasks that declare them (sub-word LMs), else None."""
+    """(vocab,) float64: bytes of text per id for tasks that declare them (sub-word LMs), else None."""
     return None if spec.token_bytes is None else torch.tensor(spec.token_bytes, dtype=torch.float64, device=device)
 
 

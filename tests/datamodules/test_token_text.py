@@ -17,8 +17,6 @@ from datamodules.corpora import PACKAGE, bundled_text
 from datamodules.passes import passes_warning, warn_at_fit
 from datamodules.token_text import TokenWindows
 
-needs_tokenizers = pytest.importorskip  # called in the tests that train a BPE: they skip without the `lm` extra
-
 WORDS = ["alpha", "beta", "gamma", "delta", "grüße", "世界", "routing", "token", "softmax", "delta-net", "\t", "🙂"]
 
 
@@ -118,7 +116,16 @@ def test_the_bpe_is_trained_once_on_the_train_split_and_reused(tmp_path, monkeyp
 
 def test_token_bytes_count_the_text_exactly_and_ids_decode_back(tmp_path):
     pytest.importorskip("tokenizers", reason="the BPE needs the `lm` extra: pip install -e '.[lm]'")
+    from tokenizers import pre_tokenizers
+
+    from datamodules.subword import byte_level_alphabet
+
+    alphabet = byte_level_alphabet()  # the characters Hugging Face's byte-level BPE writes for the 256 bytes
+    assert sorted(alphabet) == sorted(pre_tokenizers.ByteLevel.alphabet())
+    assert sorted(alphabet.values()) == list(range(256))
     write_documents(tmp_path / "corpus")
+    every_char = "".join(chr(c) for c in range(1, 0x250)) * 3  # every control byte, Latin-1 and beyond (2 bytes each)
+    (tmp_path / "corpus" / "zz_every_character.txt").write_text(every_char, encoding="utf-8")
     dm = TokenText(corpus="files", path=str(tmp_path / "corpus"), tokenizer="bpe", vocab_size=300,
                    cache_dir=str(tmp_path / "cache"), seq_len=16, val_fraction=0.2, eval_windows=4)
     token_bytes = np.array(dm.token_bytes)

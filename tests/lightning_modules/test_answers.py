@@ -149,7 +149,8 @@ def test_bits_per_byte_divide_the_summed_loss_by_the_bytes_the_targets_stand_for
     spec = TaskSpec(num_classes=4, vocab_size=4, metrics=("perplexity", "bits_per_byte"), token_bytes=(1, 2, 3, 0))
     targets = torch.tensor([[0, 1, 2], [2, 3, 1]])
     loss_mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    batch = Batch(torch.zeros(2, 3, dtype=torch.long), targets, loss_mask, loss_mask.bool(), torch.zeros(2, dtype=torch.long))
+    batch = Batch(torch.zeros(2, 3, dtype=torch.long), targets, loss_mask, loss_mask.bool(),
+                  torch.zeros(2, dtype=torch.long))
     output = NetOutput(logits=torch.zeros(2, 3, 4, dtype=torch.float64))
     whole, chunked = AnswerMetrics(spec), AnswerMetrics(spec)
     whole.update(*task_loss(output, batch), batch)
