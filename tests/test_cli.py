@@ -20,6 +20,7 @@ def test_run_with_overrides_writes_the_run_folder(tmp_path):
 def test_help_and_cfg_job(tmp_path):
     help_text = launch_cli(["--help"], cwd=tmp_path)
     assert help_text.returncode == 0 and "experiment: " in help_text.stdout and "mlp_grok" in help_text.stdout
+    assert "\nsize: cpu, source\n" in help_text.stdout and "\nsize/transformer_grok: cpu\n" in help_text.stdout
     job = launch_cli(["--cfg", "job", "experiment=nanda_grok"], cwd=tmp_path)
     assert job.returncode == 0 and "activation: relu" in job.stdout and "p: 113" in job.stdout
 
