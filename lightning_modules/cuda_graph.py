@@ -21,14 +21,14 @@ a stop request honoured before a step starts, clocks) run around the replays as 
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from core.errors import ConfigError, require
-from core.output import NetOutput
+from lightning_modules.step import StepResult
 
 KEY = "module.cuda_graph"
 # hooks that run inside a step, between its forward and its update: a replay runs the whole step at once, so a
@@ -36,16 +36,6 @@ KEY = "module.cuda_graph"
 # the replay, on the gradients the replay then overwrites). Hooks between steps (`on_train_batch_start`,
 # `on_train_batch_end`, validation, checkpoints) run around replays as around eager steps.
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad")
-
-
-class StepResult(NamedTuple):
-    """What one training step computes before backward."""
-
-    output: NetOutput
-    task_loss: Tensor
-    logits: Tensor  # (N, T, classes), aligned with the targets
-    terms: dict[str, Tensor]
-    total: Tensor
 
 
 class GraphedAdamW(torch.optim.AdamW):
@@ -71,7 +61,7 @@ class GraphedAdamW(torch.optim.AdamW):
 class CapturedStep:
     """One captured training step and the tensors it leaves behind (static: rewritten by every replay)."""
 
-    def __init__(self, compute: Callable[[], "StepResult"], parameters: list[Tensor],
+    def __init__(self, compute: Callable[[], StepResult], parameters: list[Tensor],
                  optimizer: GraphedAdamW, clip: float | None, first_step: int, warmup_iterations: int = 3):
         """compute: the step's forward and losses (a `StepResult`, whose `total` is minimised).
         first_step: the global step the first replay is (steps done before it)."""

@@ -2,8 +2,8 @@
 
 Members share the data and the architecture; they differ in their initial weights and in per-member
 hyper-parameters (learning rate, weight decay, declared lr, regulariser weights). Each step computes every
-member's loss, metrics and regulariser terms exactly as `TaskModule` does for a solo run (the same
-`task_loss` and `structure_metrics`, under `torch.func.vmap`), backpropagates their sum (members are independent,
+member's loss, metrics and regulariser terms exactly as `TaskModule` does for a solo run (the same step functions,
+lightning_modules.step, under `torch.func.vmap`, so the same metric names), backpropagates their sum (members are independent,
 so each row of the flat parameter gets its own member's gradient) and lets `StackedAdamW` update each member
 as its solo AdamW would.
 
@@ -21,13 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.batch import Batch, TaskSpec
-from lightning_modules.answers import answer_sums, batch_accuracy, metric_layout, metrics_from_sums, task_loss
+from lightning_modules.answers import answer_sums, metric_layout, metrics_from_sums, task_loss
 from lightning_modules.cadence import is_log_step
 from lightning_modules.optimization import AdamWRecipe
 from lightning_modules.param_groups import split_by_decay
 from lightning_modules.stacked import StackedNets
 from lightning_modules.stacked_adamw import StackedAdamW
-from lightning_modules.task_module import structure_metrics
+from lightning_modules.step import MetricLayout, step_loss, step_metrics
 from regularizers.base import Regularizer
 
 
@@ -51,6 +51,7 @@ class EnsembleModule(pl.LightningModule):
         self.register_buffer("bad_value", torch.zeros(size))
         group_names, self.n_positions = metric_layout(spec)
         self.groups = dict(enumerate(group_names))
+        self.layout = MetricLayout.of(spec, nets[0])  # a solo run's metric names (lightning_modules.step)
         self._exempt = set(split_by_decay(nets[0], recipes[0].decay)[1])  # no weight decay
         self._declared = set(getattr(nets[0], "no_weight_decay", set)())
         self._train_metrics: dict[str, Tensor] | None = None
@@ -60,23 +61,11 @@ class EnsembleModule(pl.LightningModule):
     def reg_weights(self) -> dict[str, Tensor]:
         return {name: getattr(self, f"reg_weight_{name}") for name in self.regularizers}
 
-    def member_step(self, row: Tensor, weights: dict[str, Tensor], batch: Batch, with_structure: bool):
-        """One member's training step (inside vmap): total loss and the metrics a solo run logs."""
-        output = self.stacked.call(row, batch.inputs)
-        loss, logits = task_loss(output, batch)
-        terms = {name: reg(output) for name, reg in self.regularizers.items()}
-        total = loss
-        for name, term in terms.items():
-            total = total + weights[name] * term
-        metrics = {"train/loss": loss}
-        metrics |= {f"train/{name}": value for name, value in batch_accuracy(logits, batch).items()
-                    if name in self.spec.metrics}
-        if with_structure:
-            if terms:
-                metrics |= {"train/task_loss": loss, "train/total_loss": total}
-                metrics |= {f"train/reg/{name}": term for name, term in terms.items()}
-            metrics |= structure_metrics(output, batch.group, self.groups)
-        return total, metrics
+    def member_step(self, row: Tensor, weights: dict[str, Tensor], batch: Batch, log: bool):
+        """One member's training step (inside vmap): its total loss, and on logging steps the metrics a solo run
+        of it logs (the same step functions, lightning_modules.step)."""
+        result = step_loss(self.stacked.call(row, batch.inputs), batch, self.regularizers, weights)
+        return result.total, (step_metrics(result, batch, self.layout) if log else {})
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         log = is_log_step(self.global_step + 1, self.trainer)

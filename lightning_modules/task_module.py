@@ -5,7 +5,7 @@ The loss is cross-entropy on the positions the batch's `loss_mask` selects; the 
 declares (`TaskSpec.metrics`, lightning_modules.answers) on the positions its `answer_mask` selects, read from one
 teacher-forced forward or generated token by token (`TaskSpec.decoding`). Training metrics are computed and logged
 only on logging steps, so a full-batch step costs what the net costs. They come from the step's own forward, so
-they measure the weights before its update (callbacks.grokking_time counts a train threshold accordingly).
+they measure the weights before its update (callbacks/run/grokking_time.py counts a train threshold accordingly).
 """
 from __future__ import annotations
 
@@ -13,21 +13,19 @@ from typing import Iterable, Mapping
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor, nn
 
 from core.errors import NonFiniteLossError, require
 from core.output import NetOutput
 from datamodules.batch import Batch, TaskSpec
-from lightning_modules.answers import AnswerMetrics, batch_accuracy, metric_layout, task_loss
+from lightning_modules.answers import AnswerMetrics, task_loss
 from lightning_modules.cadence import is_log_step
-from lightning_modules.cuda_graph import CapturedStep, StepResult, check_graphable
+from lightning_modules.cuda_graph import CapturedStep, check_graphable
 from lightning_modules.decoding import greedy_logits
 from lightning_modules.optimization import AdamWRecipe
+from lightning_modules.step import MetricLayout, StepResult, step_loss, step_metrics
 from regularizers.base import Regularizer
-from regularizers.compute_cost import binary_entropy
-from regularizers.routing import entropy
 
 EVAL_STAGES = ("val", "test")
 
@@ -41,17 +39,20 @@ class TaskModule(pl.LightningModule):
         regularizers: Mapping[str, Regularizer] | None = None,
         cuda_graph: bool = False,
         clip_grad_norm: float | None = None,
+        init_fingerprint: str | None = None,
     ):
         """cuda_graph: capture the full-batch training step in a CUDA graph (lightning_modules.cuda_graph); the
-        module then optimises manually and clips to `clip_grad_norm` itself (the trainer's clipping is off)."""
+        module then optimises manually and clips to `clip_grad_norm` itself (the trainer's clipping is off).
+        init_fingerprint: of the run's initial weights, stamped into every checkpoint, so that the run's identity
+        survives a resume."""
         super().__init__()
         require(isinstance(cuda_graph, bool), "cuda_graph", cuda_graph, "true or false")
         self.net, self.spec, self.recipe = net, spec, optimizer
-        self.cuda_graph, self.clip_grad_norm = cuda_graph, clip_grad_norm
+        self.cuda_graph, self.clip_grad_norm, self.init_fingerprint = cuda_graph, clip_grad_norm, init_fingerprint
         self.automatic_optimization = not cuda_graph
         self._captured: CapturedStep | None = None
         self.regularizers = dict(regularizers or {})
-        self.groups = dict(enumerate(metric_layout(spec)[0]))  # multi-op data: routing usage per operation too
+        self.layout = MetricLayout.of(spec, net)  # the metric names of a step (lightning_modules.step)
         self.eval_metrics = nn.ModuleDict({stage: AnswerMetrics(spec) for stage in EVAL_STAGES})
 
     def forward(self, inputs: Tensor) -> NetOutput:
@@ -64,14 +65,9 @@ class TaskModule(pl.LightningModule):
             check_graphable(self.trainer, self)
 
     def step_result(self, batch: Batch) -> StepResult:
-        """Forward, task loss and regulariser terms of one training step."""
-        output = self.net(batch.inputs)
-        loss, logits = task_loss(output, batch)
-        terms = {name: reg(output) for name, reg in self.regularizers.items()}
-        total = loss
-        for name, reg in self.regularizers.items():
-            total = total + reg.weight * terms[name]
-        return StepResult(output, loss, logits, terms, total)
+        """Forward, task loss and regulariser terms of one training step (lightning_modules.step)."""
+        return step_loss(self.net(batch.inputs), batch, self.regularizers,
+                         {name: reg.weight for name, reg in self.regularizers.items()})
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         if self.cuda_graph:
@@ -83,16 +79,8 @@ class TaskModule(pl.LightningModule):
         return None if self.cuda_graph else result.total
 
     def log_train_metrics(self, result: StepResult, batch: Batch) -> None:
-        metrics = {"train/loss": result.task_loss}
-        metrics |= {f"train/{name}": value for name, value in batch_accuracy(result.logits, batch).items()
-                    if name in self.spec.metrics}
-        if self.regularizers:
-            metrics |= {"train/task_loss": result.task_loss, "train/total_loss": result.total}
-            metrics |= {f"train/reg/{name}": term for name, term in result.terms.items()}
         # under DDP each rank measured its shard: the mean over ranks is the batch's (a collective on logging steps)
-        self.log_dict(metrics | structure_metrics(result.output, batch.group, self.groups,
-                                                  getattr(self.net, "routing_options", None)),
-                      prog_bar=False, sync_dist=True)
+        self.log_dict(step_metrics(result, batch, self.layout), prog_bar=False, sync_dist=True)
 
     def graphed_step(self, batch: Batch) -> StepResult:
         """One step under `cuda_graph` (manual optimisation): eager until the lr warmup is over, then the
@@ -130,6 +118,8 @@ class TaskModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite()  # never write a checkpoint past a skipped (non-finite) step
+        if self.init_fingerprint is not None:
+            checkpoint["init_fingerprint"] = self.init_fingerprint
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         """Batches are served from on-device tensors (see datamodules.loaders): nothing to copy."""
@@ -216,44 +206,3 @@ class TaskModule(pl.LightningModule):
 def has_scaler(trainer: pl.Trainer) -> bool:
     """True under 16-mixed, whose loss scaler scales the gradients until the optimiser step."""
     return getattr(trainer.precision_plugin, "scaler", None) is not None
-
-
-def router_layer(key: str, index: int) -> str:
-    """`layer_<i>` of a router's aux key (`layer_2/mixer/routing` -> `layer_2`); the router's rank for a bare key."""
-    head = key.split("/", 1)[0]
-    return head if head.startswith("layer_") and "/" in key else f"layer_{index}"
-
-
-@torch.no_grad()
-def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, str],
-                      options: tuple[str, ...] | None = None) -> dict[str, Tensor]:
-    """Gate values and routing statistics of the training batch, under the metric names of docs/architecture.md;
-    on multi-op data also head usage per operation (`routing/usage/layer_<i>/<op>/head_<j>`); for mixtures of
-    experts the share of token assignments dropped over capacity (`moe/dropped/<where>`) and the experts' usage
-    (`routing/usage/...`: their router probabilities). Where a router makes hard choices (aux `expert_index`), the
-    share of assignments each option got: `routing/share/layer_<i>/<option>`, options named by the net's
-    `routing_options` (a hybrid LM's `gdn` / `softmax`), else `head_<j>`."""
-    metrics: dict[str, Tensor] = {}
-    if output.gates is not None:
-        g = output.gates.reshape(-1, output.gates.shape[-1]).mean(0)  # (n_layers,)
-        metrics |= {f"gates/layer_{i}": v for i, v in enumerate(g)}
-        metrics["gates/effective_depth"] = g.sum()
-        metrics["gates/active_layers"] = (g > 0.5).sum().float()
-        metrics["gates/entropy"] = binary_entropy(g).mean()
-    for i, (key, weights) in enumerate(output.named("routing").items()):
-        layer = router_layer(key, i)
-        flat = weights.reshape(-1, weights.shape[-1])
-        metrics[f"routing/entropy/{layer}"] = entropy(flat).mean()
-        metrics |= {f"routing/usage/{layer}/head_{j}": u for j, u in enumerate(flat.mean(0))}
-        per_example = weights.reshape(weights.shape[0], -1, weights.shape[-1]).mean(1)  # (B, N)
-        for index, name in group_names.items():
-            usage = per_example[group == index].mean(0)
-            metrics |= {f"routing/usage/{layer}/{name}/head_{j}": u for j, u in enumerate(usage)}
-        choices = output.aux.get(key.removesuffix("routing") + "expert_index")
-        if choices is not None:
-            n = weights.shape[-1]
-            share = F.one_hot(choices.reshape(-1), n).float().mean(0)  # (N,), sums to 1 over options
-            names = options if options and len(options) == n else [f"head_{j}" for j in range(n)]
-            metrics |= {f"routing/share/{layer}/{name}": v for name, v in zip(names, share)}
-    metrics |= {f"moe/dropped/{key.removesuffix('/dropped')}": value for key, value in output.named("dropped").items()}
-    return metrics

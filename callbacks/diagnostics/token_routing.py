@@ -20,7 +20,7 @@ import torch
 
 from callbacks.diagnostics.base import Diagnostic, eval_forward, new_figure, publish_figure
 from core.errors import require
-from lightning_modules.task_module import router_layer
+from lightning_modules.step import router_layer
 from regularizers.moe import expert_balance
 from regularizers.routing import entropy
 

@@ -67,7 +67,6 @@ class RunCheckpoint(Checkpoint):
         self.dirpath = Path(dirpath)
         self.every_n_train_steps, self.every_minutes = every_n_train_steps, every_minutes
         self.at_first_validation = at_first_validation
-        self.init_fingerprint: str | None = None  # stamped into every checkpoint: the run's identity survives resume
         self.saved_step: int | None = None  # the step of the last checkpoint written in this session
         self._due: str | None = None  # why a checkpoint is owed at the next safe point
         self._stop_signal: int | None = None  # the stop signal the ranks agreed on (DDP)
@@ -132,11 +131,6 @@ class RunCheckpoint(Checkpoint):
         self._validated = True
         if self._due or trainer.should_stop or (first and self.at_first_validation and self._start_step == 0):
             self.save(trainer)
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        if self.init_fingerprint is not None:
-            checkpoint["init_fingerprint"] = self.init_fingerprint
 
     def save(self, trainer: pl.Trainer) -> None:
         """Flush the loggers, then write `last.ckpt` atomically (a temporary file renamed over it)."""

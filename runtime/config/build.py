@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import ConfigError, require
@@ -34,6 +34,14 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, TypeError) and "argument" in str(cause):
             raise ConfigError(key, node.get("_target_"), f"only settings it accepts ({cause})") from None
         raise
+
+
+def build_offering(node: DictConfig, key: str, **offers: Any) -> Any:
+    """`build`, handing the object those of `offers` its constructor names as parameters (what only the run knows,
+    e.g. the step a resumed run starts from, which the CSV logger needs and a W&B logger does not take)."""
+    target = get_object(node._target_)
+    accepts = inspect.signature(target).parameters
+    return build(node, key, **{name: value for name, value in offers.items() if name in accepts})
 
 
 def is_named_objects(node: Any) -> bool:

@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from callbacks import GrokkingTime
 from core.errors import ConfigError
+from runtime.lifecycle.job import Job
 
 # What members of one ensemble may differ in: all of it acts through the initial weights or per-member numbers.
 # (and each `regularizer.<name>.weight`, see packable_keys)
@@ -60,22 +60,18 @@ def check_supported(cfg: DictConfig) -> None:
                           "loss scaler would skip every member's step when one member overflows)")
 
 
-class Member:
+class Member(Job):
     """One job of an ensemble. The ensemble module tells it every measurement of its member; it logs what a solo
     run would log (same names, same rows), tracks its grokking time and knows when its member is done."""
 
     def __init__(self, cfg: DictConfig, out: Path, overrides: Sequence[str], loggers: Sequence[Logger],
                  shared: str | None = None):
         """shared: `shared_part` of the job's config before it was resolved (default: of `cfg`)."""
-        self.cfg, self.out, self.overrides, self.loggers = cfg, Path(out), list(overrides), list(loggers)
+        super().__init__(cfg, out, overrides, loggers)
         self.shared = shared_part(cfg) if shared is None else shared
         self.out.mkdir(parents=True, exist_ok=True)
-        node = (cfg.get("callbacks") or {}).get("grokking_time")
-        self.grok = GrokkingTime(**{k: v for k, v in node.items() if k != "_target_"}) if node else None
         self.status, self.steps, self.error = "running", None, None
         self.last_train_loss: float | None = None
-        self.summary: dict[str, Any] = {"status": "failed", "experiment": cfg.get("name"), "seed": cfg.seed,
-                                        "overrides": self.overrides, "run_dir": str(self.out)}
 
     @property
     def training(self) -> bool:

@@ -3,8 +3,8 @@
 Lightning's CSVLogger deletes an existing `metrics.csv` when it starts, rewrites the whole file in place when a
 new column appears, and keeps rows in memory for up to 100 logging steps. Here the file is adopted (its header
 kept, a torn last line from a killed process dropped), rewrites go through a temporary file, rows reach the disk
-at least every `flush_seconds`, and `keep_steps_before(step)` drops rows that a run resumed from the checkpoint
-of `step` will log again, so every step appears once.
+at least every `flush_seconds`, and a run resumed from the checkpoint of step `start_step` first drops the rows it
+will log again, so every step appears once.
 """
 from __future__ import annotations
 
@@ -76,11 +76,14 @@ class _AppendingWriter(ExperimentWriter):
 
 
 class RunCSVLogger(CSVLogger):
-    """CSVLogger for a run folder: appends across resumes, flushes by time (`flush_seconds`) and on demand."""
+    """CSVLogger for a run folder: appends across resumes, flushes by time (`flush_seconds`) and on demand.
+    `start_step`: the step the run starts from (a resumed run's checkpoint): rows logged at that step or later, by
+    the attempt that was interrupted, are dropped before the first row is written, since they are logged again."""
 
-    def __init__(self, save_dir: str, name: str = "", version: str = "", flush_seconds: float = 2.0, **kwargs: Any):
+    def __init__(self, save_dir: str, name: str = "", version: str = "", flush_seconds: float = 2.0,
+                 start_step: int = 0, **kwargs: Any):
         super().__init__(save_dir, name=name, version=version, **kwargs)
-        self.flush_seconds = flush_seconds
+        self.flush_seconds, self.start_step = flush_seconds, start_step
         self._last_flush = time.monotonic()
 
     @property
@@ -89,6 +92,8 @@ class RunCSVLogger(CSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
+            if self.start_step:
+                self._experiment.keep_steps_before(self.start_step)
         return self._experiment
 
     @rank_zero_only
@@ -101,8 +106,3 @@ class RunCSVLogger(CSVLogger):
     def save(self) -> None:
         super().save()
         self._last_flush = time.monotonic()
-
-    @rank_zero_only
-    def keep_steps_before(self, step: int) -> int:
-        """Before a resumed run from the checkpoint of `step`: drop the rows it will log again."""
-        return self.experiment.keep_steps_before(step)

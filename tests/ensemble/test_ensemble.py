@@ -21,7 +21,7 @@ from runtime.config.build import build
 from runtime.config.compose import compose_config
 from runtime.engines.ensemble import run_ensemble
 from runtime.engines.members import Member
-from tests.conftest import SMALL, launch_cli, read_json, reproducible_rows
+from tests.conftest import SMALL, launch_cli, read_json, reproducible_rows, run_quietly
 from tests.fla_stand_in import force_fla
 
 MLP = ["data.p=23", "data.train_fraction=0.6", "trainer.max_steps=60"]
@@ -179,6 +179,33 @@ def test_a_vmapped_step_of_gdn_nets_never_enters_fla_and_gives_each_member_its_s
         torch.testing.assert_close(total[index], loss, rtol=0, atol=1e-12)
         torch.testing.assert_close(module.stacked.flat.grad[index], torch.cat([g.flatten() for g in grads]),
                                    rtol=0, atol=1e-12)
+
+
+# a dense routed hybrid LM, tiny: both mechanisms mixed at every token (vmap-able), routing shares named gdn / softmax
+HYBRID = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=dense",
+          "data.seq_len=16", "data.batch_size=4", "data.eval_windows=4", "model.d_model=16", "model.n_heads=2",
+          "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=3",
+          "optimizer.warmup_steps=2", "callbacks.token_routing=null", "callbacks.temperature=null",
+          "callbacks.progress.refresh_seconds=1000"]
+
+
+def test_a_hybrid_lm_member_logs_the_metric_names_of_its_solo_run(tmp_path, one_thread):
+    """The solo module and the ensemble module run one step function (lightning_modules.step): the same metric names,
+    among them the routed layer's shares under the net's own option names (once `head_0` / `head_1` in an
+    ensemble, `gdn` / `softmax` solo)."""
+    solo_dir = tmp_path / "solo"
+    run_quietly(HYBRID, solo_dir)
+    members = [Member(cfg := compose_config([*HYBRID, f"seed={seed}"], output_dir=tmp_path / "ensemble" / str(seed)),
+                      tmp_path / "ensemble" / str(seed), [f"seed={seed}"],
+                      [build(node, f"logger.{key}") for key, node in cfg.logger.items() if node]) for seed in (0, 1)]
+    summaries = run_ensemble(members)
+    member_dir = members[0].out
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    names = lambda run_dir: {key for row in reproducible_rows(run_dir) for key, value in row.items() if value}  # noqa
+    solo, member = names(solo_dir), names(member_dir)
+    assert member == solo
+    assert {"routing/share/layer_1/gdn", "routing/share/layer_1/softmax", "routing/entropy/layer_1"} <= member
+    assert not any(name.startswith("routing/share/") and "head_" in name for name in member)
 
 
 @pytest.mark.parametrize("override, key", [

@@ -1,6 +1,5 @@
 """What `module.cuda_graph=true` refuses, checked without a GPU: a trainer stand-in that claims one, and every
 full-batch preset's own parts (all but the device check, which needs CUDA)."""
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -73,12 +72,13 @@ def test_every_full_batch_preset_passes_the_captured_step_checks_with_its_own_ca
     """The preset's real data, module, callbacks and trainer (built as a launch builds them, on this machine's
     device) through every check but the device's."""
     from runtime.config.compose import compose_config
-    from runtime.lifecycle.assemble import assemble
+    from runtime.engines.solo import SoloEngine
+    from runtime.lifecycle.run import assemble
 
     cfg = compose_config([f"experiment={experiment}", "module.cuda_graph=true"], output_dir=tmp_path)
     if cfg.data.get("batch_size") != -1:
         pytest.skip(f"data.batch_size={cfg.data.get('batch_size')}: mini-batches, which a captured step refuses")
-    parts = assemble(cfg, Path(tmp_path), None, say=lambda line: None)
+    parts = assemble(SoloEngine(cfg))
     if experiment in REFUSED:
         with pytest.raises(ConfigError, match=f"module.cuda_graph=True is not allowed: expected false with "
                                               f"{REFUSED[experiment]}"):

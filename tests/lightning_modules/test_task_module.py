@@ -63,7 +63,7 @@ def test_multi_op_routed_run_logs_head_usage_per_operation(run_config):
 
 
 def test_dropped_assignments_of_a_mixture_of_experts_are_logged_by_layer():
-    from lightning_modules.task_module import structure_metrics
+    from lightning_modules.step import structure_metrics
 
     output = NetOutput(torch.zeros(2, 3), aux={"layer_0/ffn/dropped": torch.tensor(0.25),
                                                "layer_0/ffn/routing": torch.full((2, 4), 0.25)})
@@ -73,7 +73,7 @@ def test_dropped_assignments_of_a_mixture_of_experts_are_logged_by_layer():
 
 
 def test_routers_are_named_by_their_layer_and_hard_choices_give_token_shares():
-    from lightning_modules.task_module import structure_metrics
+    from lightning_modules.step import structure_metrics
 
     probs = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]])  # (B=1, T=4, 2)
     choices = torch.tensor([[[0], [1], [1], [1]]])  # 3 of 4 tokens to option 1 (not the argmax of token 2)
@@ -146,7 +146,7 @@ def test_only_a_loss_scaler_with_clipping_gives_up_the_fused_adamw():
 def test_head_usage_per_operation_is_the_mean_over_that_operation_s_examples(shape):
     """Planted routing weights, each operation's examples leaning to another head: every group's usage is the mean
     over its own examples (and their positions), computed here example by example."""
-    from lightning_modules.task_module import structure_metrics
+    from lightning_modules.step import structure_metrics
 
     group = torch.tensor([0, 1, 1, 0, 2, 1, 0])
     leaning = F.one_hot(torch.tensor([0, 3, 1])[group], 4).double() * 3.0  # add -> head 0, mul -> 3, sub -> 1

@@ -41,9 +41,10 @@ def test_a_new_column_rewrites_the_file_with_every_earlier_row(tmp_path):
 def test_resuming_drops_the_rows_past_the_checkpoint(tmp_path):
     """A run killed at step 35 whose checkpoint holds step 20: rows 20+ are logged again by the resumed run."""
     (tmp_path / "metrics.csv").write_text("step,train/loss,val/acc\n9,0.5,\n19,0.4,\n19,,0.1\n29,0.3,\n")
-    logger = RunCSVLogger(tmp_path)
-    assert logger.keep_steps_before(20) == 1
-    assert [row["step"] for row in rows(tmp_path / "metrics.csv")] == ["9", "19", "19"]
+    logger = RunCSVLogger(tmp_path, start_step=20)
+    logger.log_metrics({"train/loss": 0.25}, step=20)
+    logger.save()
+    assert [row["step"] for row in rows(tmp_path / "metrics.csv")] == ["9", "19", "19", "20"]
     header, _ = read_rows(tmp_path / "metrics.csv")
     assert header == ["step", "train/loss", "val/acc"]
 
