@@ -182,7 +182,7 @@ def test_a_vmapped_step_of_gdn_nets_never_enters_fla_and_gives_each_member_its_s
 
 
 # a dense routed hybrid LM, tiny: both mechanisms mixed at every token (vmap-able), routing shares named gdn / softmax
-HYBRID = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=dense",
+HYBRID = ["experiment=hybrid_dynamic", "size=cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=dense",
           "data.seq_len=16", "data.batch_size=4", "data.eval_windows=4", "model.d_model=16", "model.n_heads=2",
           "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=3",
           "optimizer.warmup_steps=2", "callbacks.token_routing=null", "callbacks.temperature=null",
