@@ -14,8 +14,8 @@ chunked form against flash-linear-attention's Triton kernel. `--set KEY=VALUE` r
 after the experiment, before the arm's own settings); a key the bench varies itself (model.routing_mode, and
 model.gdn.kernel with --kernels) is refused. The GDN kernel the arms run is printed at start.
 
-    python bench/hybrid_routing.py [--experiment hybrid_dynamic_cpu] [--device cpu|cuda] [--share natural 0.1 0.5]
-                                   [--kernels] [--set KEY=VALUE ...]
+    python bench/hybrid_routing.py [--experiment hybrid_dynamic] [--size cpu|source] [--device cpu|cuda]
+                                   [--share natural 0.1 0.5] [--kernels] [--set KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -147,7 +147,8 @@ def median_rates(arms: dict, device: str, steps: int, warmup: int, repeats: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment", default="hybrid_dynamic_cpu")
+    parser.add_argument("--experiment", default="hybrid_dynamic")
+    parser.add_argument("--size", default="cpu", help="the experiment's size (conf/size/): cpu or source")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -161,18 +162,19 @@ def main() -> None:
     check_overrides(args.set, args.kernels)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dynamic = compose_config([f"experiment={args.experiment}", *args.set])
+    overrides = [f"size={args.size}", *args.set]
+    dynamic = compose_config([f"experiment={args.experiment}", *overrides])
     routed = list(dynamic.model.layers)
     dtype = torch.bfloat16 if args.device == "cuda" and "bf16" in str(dynamic.trainer.precision) else None
-    print(f"{args.experiment} on {args.device}: d_model {dynamic.model.d_model}, batch {dynamic.data.batch_size} x "
+    print(f"{args.experiment} at size {args.size} on {args.device}: d_model {dynamic.model.d_model}, batch {dynamic.data.batch_size} x "
           f"{dynamic.data.seq_len} tokens, {'bf16 autocast' if dtype else 'float32'}; static {STATIC}, dynamic "
           f"{routed}; medians of {args.repeats} alternating repeats of {args.steps} steps")
-    static_net, static_cfg = arm_net(args.experiment, args.set, arm_settings(STATIC, "dense"), args.device, "natural")
+    static_net, static_cfg = arm_net(args.experiment, overrides, arm_settings(STATIC, "dense"), args.device, "natural")
     print(f"GDN kernel: {kernel_in_use(static_net, torch.device(args.device).type)}")
     if args.kernels and (refused := fla_refusal()) is not None:
         print(f"--kernels skipped: {refused}")
     elif args.kernels:
-        kernels = {kernel: arm_net(args.experiment, args.set, arm_settings(STATIC, "dense", kernel), args.device,
+        kernels = {kernel: arm_net(args.experiment, overrides, arm_settings(STATIC, "dense", kernel), args.device,
                                    "natural") for kernel in ("torch", "fla")}
         median = median_rates(kernels, args.device, args.steps, args.warmup, args.repeats, dtype)
         for kernel, (train, infer) in median.items():
@@ -184,7 +186,7 @@ def main() -> None:
     for share in args.share:
         arms = {"static": (static_net, static_cfg)}
         for mode in ("dense", "sparse"):
-            arms[mode] = arm_net(args.experiment, args.set, arm_settings(routed, mode), args.device, share)
+            arms[mode] = arm_net(args.experiment, overrides, arm_settings(routed, mode), args.device, share)
         median = median_rates(arms, args.device, args.steps, args.warmup, args.repeats, dtype)
         probe = torch.randint(0, 256, (static_cfg.data.batch_size, static_cfg.data.seq_len), device=args.device)
         for name, (train, infer) in median.items():

@@ -16,8 +16,9 @@ from tests.conftest import final_routing, metrics_rows, record_figures, run_quie
 TINY = ["data.seq_len=64", "data.batch_size=16", "data.eval_windows=32", "model.d_model=64", "model.n_heads=2",
         "optimizer.warmup_steps=10", "trainer.val_check_interval=50", "trainer.log_every_n_steps=10", "threads=1",
         "callbacks.progress.refresh_seconds=1000", "callbacks.checkpoint.every_n_train_steps=100000"]
-STATIC = ["experiment=hybrid_static_cpu", "model.layers=[gdn,attn]", "optimizer.lr=3e-3", "trainer.max_steps=150"]
-DYNAMIC = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=sparse",
+STATIC = ["experiment=hybrid_static", "size=cpu", "model.layers=[gdn,attn]", "optimizer.lr=3e-3",
+          "trainer.max_steps=150"]
+DYNAMIC = ["experiment=hybrid_dynamic", "size=cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=sparse",
            "trainer.max_steps=40", "callbacks.token_routing.every_n_steps=20"]
 
 
@@ -164,12 +165,12 @@ def test_the_bench_hands_the_users_overrides_to_every_arm():
 
     user = ["model.gdn.kernel=torch", "model.d_model=32", "model.n_heads=2", "model.gdn.conv_size=2"]
     for layers, mode in ((STATIC, "dense"), (["gdn", "routed", "attn"], "sparse")):
-        net, cfg = arm_net("hybrid_dynamic_cpu", user, arm_settings(layers, mode), "cpu", "natural")
+        net, cfg = arm_net("hybrid_dynamic", ["size=cpu", *user], arm_settings(layers, mode), "cpu", "natural")
         gdn_layers = [m for m in net.modules() if isinstance(m, GatedDeltaNet)]
         assert len(gdn_layers) == layers.count("gdn") + layers.count("routed")
         assert all(m.kernel == "torch" and not m.runs_fla and m.q_conv.conv.kernel_size == (2,) for m in gdn_layers)
         assert (cfg.model.d_model, list(cfg.model.layers), cfg.model.routing_mode) == (32, layers, mode)
-    timed = arm_config("hybrid_dynamic_cpu", ["model.d_model=32"], arm_settings(STATIC, "dense", "fla"))
+    timed = arm_config("hybrid_dynamic", ["size=cpu", "model.d_model=32"], arm_settings(STATIC, "dense", "fla"))
     assert timed.model.gdn.kernel == "fla" and timed.model.d_model == 32
     with pytest.raises(SystemExit, match=r"^--set model.routing_mode=sparse is not allowed: the bench times dense"):
         check_overrides(["model.d_model=32", "model.routing_mode=sparse"], kernels=False)

@@ -16,7 +16,7 @@ from tests.conftest import run_quietly
 pytest.importorskip("tokenizers", reason="data=lm with a BPE needs the `lm` extra: pip install -e '.[lm]'")
 
 VOCAB = 512
-TINY = ["experiment=hybrid_static_cpu", "data=lm", "data.corpus=bundled", f"data.vocab_size={VOCAB}",
+TINY = ["experiment=hybrid_static", "size=cpu", "data=lm", "data.corpus=bundled", f"data.vocab_size={VOCAB}",
         "data.val_fraction=0.1", "data.seq_len=32", "data.batch_size=16", "data.eval_windows=32",
         "model.layers=[gdn,attn]", "model.d_model=64", "model.n_heads=2", "optimizer.lr=3e-3",
         "optimizer.warmup_steps=10", "trainer.max_steps=120", "trainer.val_check_interval=40",

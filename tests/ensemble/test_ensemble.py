@@ -25,7 +25,7 @@ from tests.conftest import SMALL, launch_cli, read_json, reproducible_rows, run_
 from tests.fla_stand_in import force_fla
 
 MLP = ["data.p=23", "data.train_fraction=0.6", "trainer.max_steps=60"]
-TRANSFORMER = ["experiment=transformer_grok_cpu", "data.p=11", "model.d_model=32", "model.n_heads=2",
+TRANSFORMER = ["experiment=transformer_grok", "size=cpu", "data.p=11", "model.d_model=32", "model.n_heads=2",
                "trainer.max_steps=20", "trainer.val_check_interval=5", "trainer.log_every_n_steps=5"]
 # groks at lr 3e-3: seeds 0-9 reached val acc 0.99 at steps 1,275-1,750 (seed 0: 1,325 / 1,350) under both AVX-512
 # and ATEN_CPU_CAPABILITY=default kernels, so 2,500 steps leave seed 0 a margin of ~1,100 steps, more than the
@@ -182,7 +182,7 @@ def test_a_vmapped_step_of_gdn_nets_never_enters_fla_and_gives_each_member_its_s
 
 
 # a dense routed hybrid LM, tiny: both mechanisms mixed at every token (vmap-able), routing shares named gdn / softmax
-HYBRID = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=dense",
+HYBRID = ["experiment=hybrid_dynamic", "size=cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=dense",
           "data.seq_len=16", "data.batch_size=4", "data.eval_windows=4", "model.d_model=16", "model.n_heads=2",
           "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=3",
           "optimizer.warmup_steps=2", "callbacks.token_routing=null", "callbacks.temperature=null",
