@@ -104,12 +104,16 @@ def planned_overrides(multirun_file: Path) -> list[list[str]] | None:
         return None
     try:
         params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
-        arguments = list(OmegaConf.select(config, "hydra.overrides.task") or [])
-        overrides = OverridesParser.create().parse_overrides(params + arguments)
-        batches = BasicSweeper.split_arguments(overrides, None)
+        return expand_sweep(params, list(OmegaConf.select(config, "hydra.overrides.task") or []))
     except Exception:
         return None
-    return [job for batch in batches for job in batch]
+
+
+def expand_sweep(params: list[str], arguments: list[str]) -> list[list[str]]:
+    """Each job's overrides, in job-number order, as Hydra's basic sweeper expands a sweep preset's `params` and the
+    command line's `arguments` (the command line wins where both set a key)."""
+    overrides = OverridesParser.create().parse_overrides(params + arguments)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
 def multirun_jobs(sweep_dir: Path) -> list[Job]:

@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.runs import STATUS_NO_SUMMARY, Run, is_run_dir, load_run
+from analysis.groups import flatten, run_value
+from analysis.runs import STATUS_NO_SUMMARY, is_run_dir, load_run
 from analysis.sweep import STATUS_MISSING, Job, find_jobs
 from analysis.table import sweep_table
 from core.errors import require
@@ -110,15 +111,15 @@ def metric_series(metrics: pd.DataFrame) -> dict[str, list[list[float]]]:
 
 def runs_metrics(root: Path, names: Sequence[str], group_key: str | None = None) -> dict[str, Any]:
     """The Curves page: per run its metric series; `metrics` the union of their names. With `group_key`, runs are
-    grouped by that config key's value (`group_value`) and each group gets, per metric, the mean, min and max over
-    its runs (`group_stats`)."""
+    grouped by that key's value (a config key or group, as `python -m analysis --group-by` reads it:
+    analysis.groups.run_value) and each group gets, per metric, the mean, min and max over its runs (`group_stats`)."""
     runs = {name: load_run(run_path(root, name)) for name in names}  # each run read once: metrics and config
     curves = {name: metric_series(run.metrics) for name, run in runs.items()}
     result: dict[str, Any] = {"runs": curves, "metrics": sorted({m for series in curves.values() for m in series})}
     if group_key:
         members: dict[str, list[str]] = {}
         for name, run in runs.items():
-            members.setdefault(repr_value(group_value(run, group_key)), []).append(name)
+            members.setdefault(repr_value(run_value(run, group_key)), []).append(name)
         result["groups"] = [
             {"label": f"{group_key}={label}", "runs": runs,
              "metrics": {metric: group_stats([curves[r][metric] for r in runs if metric in curves[r]])
@@ -131,13 +132,6 @@ def repr_value(value: Any) -> str:
     return "(unset)" if value is None else str(value)
 
 
-def group_value(run: Run, key: str) -> Any:
-    """The value of a config key in a run: its override if it has one, else the composed config's (dotted key)."""
-    if key in run.overrides:
-        return run.overrides[key]
-    return flatten(run.config).get(key)
-
-
 def group_stats(series: Sequence[Sequence[Sequence[float]]]) -> dict[str, list[float]]:
     """Mean, min and max of several [[step, value], ...] series at the steps every one of them has."""
     if not series:
@@ -147,20 +141,6 @@ def group_stats(series: Sequence[Sequence[Sequence[float]]]) -> dict[str, list[f
     values = np.array([[points[s] for s in shared] for points in by_step], dtype=float).reshape(len(by_step), len(shared))
     return {"steps": shared, "mean": values.mean(axis=0).tolist(), "min": values.min(axis=0).tolist(),
             "max": values.max(axis=0).tolist(), "n": len(series)}
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as {dotted.key: value}; lists are kept whole as values."""
-    if not isinstance(config, Mapping):
-        return {prefix: config} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat |= flatten(value, name)
-        else:
-            flat[name] = value
-    return flat
 
 
 def plot_files(path: Path, root: Path) -> list[str]:
