@@ -226,3 +226,35 @@ def test_routing_by_class_refuses_runs_that_did_not_measure_it(runs, tmp_path, c
     assert main([str(runs["static"][1]), "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected runs whose summary.json has `routing_by_class`" in err
+
+
+@pytest.mark.parametrize("overrides, windows, passes", [
+    (["size=cpu"], {"val": 64}, None),  # 361 windows of 129 bytes fit 46,627 val bytes; 600 x 16 x 128 read 2.9 passes
+    (["data=text"], {"val": 45}, "117.1"),  # the source size on bytes: 46,627 // 1,025 = 45; 1,000 x 48 x 1,024 bytes
+])
+def test_the_hybrid_presets_say_where_their_text_is_short(overrides, windows, passes, capsys):
+    """hybrid_static's evaluation windows and passes over the text, on bytes of the bundled corpus (its CPU form, and
+    its source size with data=text): the task evaluates on the windows that fit and says so when that is fewer than
+    asked, and warns when training loops over the text more than warn_passes times. (At the source size's own data=lm,
+    the offline corpus: 390 windows of 1,025 tokens fit its 400,161 val tokens and 1,000 steps read its 46.3M train
+    tokens 1.06 times: both quiet; not tested here, as it needs the corpus installed.)"""
+    from types import SimpleNamespace
+
+    import torch
+
+    from runtime.config.build import build
+    from runtime.config.compose import compose_config
+
+    cfg = compose_config(["experiment=hybrid_static", *overrides])
+    data = build(cfg.data, "data")
+    assert {split: len(data.splits[split].inputs) for split in windows} == windows
+    data.trainer = SimpleNamespace(is_global_zero=True, max_steps=cfg.trainer.max_steps, accumulate_grad_batches=1,
+                                   strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    capsys.readouterr()
+    data.setup("fit")
+    printed = capsys.readouterr().out.splitlines()
+    short = {split: n for split, n in windows.items() if n < cfg.data.eval_windows}
+    expected = ([f"[grokking-lab] warning: 1000 steps of 49,152 tokens pass {passes} times"] if passes else []) + (
+        [f"[grokking-lab] note: data.eval_windows=48, but only val 45 windows of seq_len + 1 = 1,025 tokens fit"]
+        if short else [])
+    assert len(printed) == len(expected) and all(line.startswith(start) for line, start in zip(printed, expected))
