@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from analysis.runs import read_metrics
 
@@ -58,12 +59,19 @@ def grokking_curve_figure(metrics: pd.DataFrame, grok: Mapping[str, Any] | None 
     for name, value in (bounds or {}).items():
         if value > 0:  # a zero bound has no place on a log axis
             axes["loss"].axhline(value, color="grey", ls="--", lw=1)
-            axes["loss"].annotate(name, (1, value), fontsize=7, color="grey", va="bottom")
+            axes["loss"].annotate(name, (0.01, value), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                                  va="bottom")
     axes["acc"].set(xlabel="step (log)", ylabel="accuracy", xscale="log", ylim=(0, 1.02))
     loss_values = np.concatenate([v for n, (_, v) in points.items() if n.endswith("/loss")] or [np.ones(1)])
     axes["loss"].set(xlabel="step (log)", ylabel="loss", xscale="log",
                      yscale="log" if (loss_values > 0).all() else "linear")
     for ax in axes.values():
+        # a log axis labelled at 1, 2, 5 x 10^k in plain numbers (matplotlib's minor labels overlap)
+        for axis, text in ((ax.xaxis, "{:,.0f}"), (ax.yaxis, "{:g}")):
+            if axis.get_scale() == "log":
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(FuncFormatter(lambda value, _, text=text: text.format(value)))
+                axis.set_minor_formatter(NullFormatter())
         if ax.has_data():
             ax.legend(fontsize=7)
     if title:
