@@ -90,5 +90,5 @@ def test_every_experiment_runs_at_cpu_size(tmp_path, experiment):
     summary, _ = run_quietly(overrides, tmp_path)
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert summary["experiment"] == f"{experiment}_cpu"
-    assert summary["parameters"] == parameters(overrides)  # the net of the CPU form
+    assert summary["parameters"] == parameters(overrides, tmp_path)  # the net of the CPU form
     assert math.isfinite(summary["final"]["val/loss"])
