@@ -1,4 +1,5 @@
-"""`python -m analysis <run or sweep folder> [--out DIR] [--grok-key KEY] [--metric NAME] [--group-by KEY [--stat NAME ...]]`
+"""`python -m analysis <run or sweep folder> [--out DIR] [--grok-key KEY] [--metric NAME] [--baseline KEY=VALUE]
+[--group-by KEY [--stat NAME ...]]`
 
 Prints the sweep table (Markdown) and the files written: table.csv, table.md and the figures, into
 `<folder>/analysis/` unless --out says otherwise; with --group-by, also the table of each group's runs, count, mean and
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "own val threshold of 0.99)")
     parser.add_argument("--metric", default=None, help="metric whose curves are overlaid (default: the metric the runs "
                         "are judged by, their optimized_metric, else val/acc)")
+    parser.add_argument("--baseline", default=None, help="KEY=VALUE: the runs steps to 95 %% are divided by "
+                        "(ratio/grok/... columns; default: the first job's experiment when the sweep runs several)")
     parser.add_argument("--group-by", default=None, metavar="KEY", help="also a table per group of runs: a column "
                         "of the table, a config group (model/ffn, or ffn_type) or a config key (model.d_model)")
     parser.add_argument("--stat", action="append", default=None, metavar="NAME", help="with --group-by: a metric to "
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def analyse(args: argparse.Namespace) -> int:
     try:
         jobs = find_jobs(args.path)
-        table = sweep_table(jobs, args.path)
+        table = sweep_table(jobs, args.path, args.baseline)
         grok_keys = [c for c in table.columns if c.startswith("grok/")]
         if args.grok_key == DEFAULT_GROK_KEY and DEFAULT_GROK_KEY not in grok_keys:  # runs judged by another metric
             args.grok_key = next((k for k in grok_keys if k.startswith("grok/val_") and k.endswith("_0.99_step")),
