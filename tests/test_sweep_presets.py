@@ -76,7 +76,7 @@ def test_ffn_types_at_three_digits_are_the_four_types_over_five_seeds():
     assert {(cfg.data.n_digits, cfg.data.k, cfg.model.d_mlp) for cfg in configs} == {(3, 7, 256)}
 
 
-def test_dense_against_moe_is_nandas_model_with_a_matched_mixture_of_experts():
+def test_dense_against_moe_is_nandas_model_with_a_matched_mixture_of_experts(tmp_path):
     for size, p in (("source", 113), ("cpu", 59)):
         folder, jobs = planned_jobs(["sweep=dense_vs_moe", f"size={size}"])
         assert folder == "sweep_dense_vs_moe" and len(jobs) == 10
@@ -91,7 +91,7 @@ def test_dense_against_moe_is_nandas_model_with_a_matched_mixture_of_experts():
         assert (moe.model.ffn.n_experts, moe.model.ffn.top_k, moe.model.ffn.match) == (4, 1, "dense_total")
         assert set(moe.regularizer) == {"balance", "z_loss"} and not dense.regularizer
     # matched in parameters: the mixture (experts and router) within 0.5 % of the dense net
-    dense_count, moe_count = parameters(["experiment=nanda_grok"]), parameters(["experiment=nanda_moe"])
+    dense_count, moe_count = (parameters([f"experiment={name}"], tmp_path) for name in ("nanda_grok", "nanda_moe"))
     assert moe_count != dense_count and abs(moe_count - dense_count) / dense_count < 0.005
 
 
