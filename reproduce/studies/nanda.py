@@ -18,7 +18,7 @@ def runs(size: str) -> list[RunSpec]:
                 for f, steps in GPU_STEPS.items() for seed in seeds(size, 8, 2)]
     toy = ("size=cpu", "data.p=23", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25",
            "callbacks.grokking_time.stop_after_steps=50")
-    return [RunSpec("nanda_grok", {"fraction": f}, seed, 150, (*toy, f"data.train_fraction={f}"), rate="nanda_grok")
+    return [RunSpec("nanda_grok", {"fraction": f}, seed, 100, (*toy, f"data.train_fraction={f}"), rate="nanda_grok")
             for f in CPU_FRACTIONS for seed in seeds(size, 8, 2)]
 
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from reproduce.__main__ import BUDGET_S
+from core.errors import ConfigError
+from reproduce.__main__ import BUDGET_S, main
 from reproduce.plan import plan_part
 from reproduce.studies import all_parts
 from reproduce.throughput import GRACE_S
@@ -62,11 +63,11 @@ def test_every_gpu_part_is_estimated_within_the_budget_and_every_part_plans_at_c
         assert sum(len(p.runs) for p in cpu.processes) == len(part.runs("cpu"))
 
 
-def test_plan_prints_every_process_and_runs_nothing(tmp_path):
-    done = reproduce("--plan", "--size", "cpu", "--part", "conditions", "--out", str(tmp_path / "out"))
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_plan_prints_every_process_and_runs_nothing(tmp_path, capsys):
+    assert main(["--plan", "--size", "cpu", "--part", "conditions", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
     for part in ("conditions_answer", "conditions_full_batch", "conditions_all_positions"):
-        assert f"## part {part} (study conditions, size cpu)" in done.stdout
-    assert "run=r1 seed=1337: 150 steps" in done.stdout and not (tmp_path / "out").exists()
-    bad = reproduce("--plan", "--part", "nope")
-    assert bad.returncode != 0 and "--part" in bad.stderr and "nanda" in bad.stderr
+        assert f"## part {part} (study conditions, size cpu)" in printed
+    assert "run=r1 seed=1337: 150 steps" in printed and not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="--part=.nope. is not allowed.*nanda"):
+        main(["--plan", "--part", "nope"])
