@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from runtime.config.build import build_net
 from runtime.config.compose import CONF_DIR, compose_config
 from tests.conftest import run_quietly
+from tests.helpers import task_spec
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 SIZES = sorted(path.stem for path in (CONF_DIR / "size").glob("*.yaml"))
@@ -44,10 +44,10 @@ def unnamed(cfg):
     return {key: value for key, value in OmegaConf.to_container(cfg, resolve=True).items() if key != "name"}
 
 
-def parameters(overrides):
+def parameters(overrides, cache_dir):
     cfg = compose_config(overrides)
     torch.manual_seed(0)
-    return sum(p.numel() for p in build_net(cfg.model, instantiate(cfg.data).spec).parameters())
+    return sum(p.numel() for p in build_net(cfg.model, task_spec(cfg.data, cache_dir)).parameters())
 
 
 def test_the_sizes_are_source_and_cpu():
@@ -79,8 +79,9 @@ def test_every_cpu_form_belongs_to_an_experiment():
 
 
 @pytest.mark.parametrize("experiment", sorted(CPU_FORMS))
-def test_a_cpu_form_is_a_smaller_net(experiment):
-    assert parameters([f"experiment={experiment}", "size=cpu"]) < parameters([f"experiment={experiment}"])
+def test_a_cpu_form_is_a_smaller_net(tmp_path, experiment):
+    cpu = parameters([f"experiment={experiment}", "size=cpu"], tmp_path)
+    assert cpu < parameters([f"experiment={experiment}"], tmp_path)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -89,5 +90,5 @@ def test_every_experiment_runs_at_cpu_size(tmp_path, experiment):
     summary, _ = run_quietly(overrides, tmp_path)
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert summary["experiment"] == f"{experiment}_cpu"
-    assert summary["parameters"] == parameters(overrides)  # the net of the CPU form
+    assert summary["parameters"] == parameters(overrides, tmp_path)  # the net of the CPU form
     assert math.isfinite(summary["final"]["val/loss"])

@@ -163,8 +163,6 @@ PRESETS = {
 INHERENT = {
     ("tolist()", "nets/parts/moe.py"): "the grouped dispatch's split sizes: how many tokens each expert takes is data, "
                                  "and the shapes of its matmuls are read on the host",
-    ("_local_scalar_dense", "nets/parts/routed_mixer.py"): "sparse routing's padded number of softmax queries: how many "
-                                                     "tokens chose softmax is data, the attention's shape",
     ("index with a boolean mask", "datamodules/digit_addition.py"): "fresh numbers are drawn by rejection on the "
         "host (host tensors: nothing waits for a device); the batch then goes over without blocking",
 }
@@ -172,7 +170,7 @@ INHERENT = {
 
 # presets that must show one of them
 SEEN = {"moe transformer, balance": "tolist()", "moe transformer, capacity": "tolist()",
-        "hybrid lm, sparse routing": "_local_scalar_dense", "digit addition, fresh numbers": "index with a boolean mask"}
+        "digit addition, fresh numbers": "index with a boolean mask"}
 
 
 def inherent(what: str, where: str) -> bool:

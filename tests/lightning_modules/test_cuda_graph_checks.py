@@ -85,3 +85,20 @@ def test_every_full_batch_preset_passes_the_captured_step_checks_with_its_own_ca
             check_step_setup(parts.trainer, parts.module, parts.datamodule)
     else:
         check_step_setup(parts.trainer, parts.module, parts.datamodule)
+
+
+def test_sparse_token_routing_is_captured_and_a_mixture_of_experts_is_not():
+    """Sparse routing's shapes follow the length alone (a fixed capacity per block), so the captured step takes a
+    hybrid LM that routes sparsely; a mixture of experts still reads its experts' token counts on the host."""
+    from functools import partial
+
+    from nets import GatedDeltaNet, HybridLM, MoEFFN, SoftmaxAttention
+
+    def hybrid(**settings):
+        return HybridLM(7, 7, 8, layers=["gdn", "routed"], d_model=8, gdn=partial(GatedDeltaNet, n_heads=2),
+                        attn=partial(SoftmaxAttention, n_heads=2), **settings)
+
+    check_step_setup(trainer(), SimpleNamespace(net=hybrid(routing_mode="sparse")), trainer().datamodule)
+    with pytest.raises(ConfigError, match="a net whose parts route tokens by the data"):
+        check_step_setup(trainer(), SimpleNamespace(net=hybrid(ffn=partial(MoEFFN, n_experts=2))),
+                         trainer().datamodule)

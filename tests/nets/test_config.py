@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from core.errors import ConfigError
 from nets import GLUFFN, MLPFFN, RoutedFFN, SoftmaxAttention, Transformer
 from runtime.config.build import build_net
 from runtime.config.compose import compose_config
+from tests.helpers import task_spec
 from tests.nets.helpers import routed_transformer
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
@@ -17,7 +17,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "con
 
 def configured(tmp_path, *overrides, seed=0):
     cfg = compose_config(list(overrides), output_dir=tmp_path)
-    spec = instantiate(cfg.data).spec
+    spec = task_spec(cfg.data, tmp_path)
     torch.manual_seed(seed)
     return cfg, build_net(cfg.model, spec)
 
