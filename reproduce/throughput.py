@@ -76,10 +76,12 @@ def rate(key: str) -> Rate:
 @lru_cache(maxsize=None)
 def flops_per_step(overrides: tuple[str, ...]) -> float:
     """FLOP of one training step of the run `overrides` compose: the matmuls of a forward over one training batch
-    (counted on a few examples and scaled up), times 3 for forward and backward."""
+    (counted by torch's FLOP counter on a few examples and scaled up: every net, not only those that count their
+    own FLOPs as nets/parts/flops.py's LMs do), times its TRAINING_PER_FORWARD for the backward."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from nets.parts.flops import TRAINING_PER_FORWARD
     from runtime.config.build import build, build_net
     from runtime.config.compose import compose_config
 
@@ -91,7 +93,7 @@ def flops_per_step(overrides: tuple[str, ...]) -> float:
     probe = batch.inputs[:8]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(probe)
-    return 3.0 * counter.get_total_flops() * batch.inputs.shape[0] / probe.shape[0]
+    return TRAINING_PER_FORWARD * counter.get_total_flops() * batch.inputs.shape[0] / probe.shape[0]
 
 
 @lru_cache(maxsize=None)

@@ -71,3 +71,17 @@ def test_plan_prints_every_process_and_runs_nothing(tmp_path, capsys):
     assert "run=r1 seed=1337: 150 steps" in printed and not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="--part=.nope. is not allowed.*nanda"):
         main(["--plan", "--part", "nope"])
+
+
+def test_every_planned_run_composes_at_both_sizes():
+    """What reaches the GPU machine first must compose there: every run's overrides (one seed of each) are valid
+    keys and values of its experiment, at the source's size and at toy size."""
+    from runtime.config.compose import compose_config
+
+    planned = {(tuple(spec.launch_overrides()), spec.seed) for _, part in all_parts().values()
+               for size in ("gpu", "cpu") for spec in part.runs(size)}
+    unique = {overrides: seed for overrides, seed in sorted(planned, key=lambda item: item[1], reverse=True)}
+    for overrides, seed in unique.items():
+        cfg = compose_config([*overrides, f"seed={seed}"])
+        assert cfg.trainer.max_steps == int(overrides[-1].split("=")[1]) and cfg.seed == seed
+    assert len(unique) > 50
