@@ -86,14 +86,18 @@ class AtStep(Measure):
 
 @dataclass(frozen=True)
 class SummaryValue(Measure):
-    """A value of summary.json by its dotted path (`parameters`, `speed.train_tokens_per_s`)."""
+    """A value of summary.json by its dotted path (`parameters`, `speed.train_tokens_per_s`); where the summary has
+    none (a run too short for a steady figure), the last logged value of `metric`, if given."""
 
     path: str
+    metric: str | None = None
 
     def of(self, run: Run, steps: int) -> Any:
         value: Any = run.summary
         for key in self.path.split("."):
             value = value.get(key) if isinstance(value, Mapping) else None
+        if value is None and self.metric is not None:
+            return run.last(self.metric)
         return value
 
 

@@ -26,7 +26,7 @@ def run(layers: str):
     return runs
 
 
-VAL, BPB, SPEED, PARAMS = "final val loss", "final val bits per byte", "train tokens/s", "parameters"
+VAL, BPB, SPEED, MFU, PARAMS = "final val loss", "final val bits per byte", "train tokens/s", "train MFU", "parameters"
 SHARE = "share to softmax, layer 1"
 STUDY = Study(
     name="hybrid",
@@ -35,8 +35,10 @@ STUDY = Study(
            "corpus with a BPE of 8,192 (experiments hybrid_static, hybrid_dynamic)",
     parts=(Part("hybrid_static", "the static layers, 1,000 steps", run("static")),
            Part("hybrid_dynamic", "per-token routing (the seed's lr 2e-3), 1,000 steps", run("dynamic"))),
-    measures={VAL: Final("val/loss"), BPB: Final("val/bits_per_byte"), SPEED: SummaryValue("speed.train_tokens_per_s"),
-              PARAMS: SummaryValue("parameters"), SHARE: Last("routing/eval_share/layer_1/softmax")},
+    measures={VAL: Final("val/loss"), BPB: Final("val/bits_per_byte"),
+              SPEED: SummaryValue("speed.train_tokens_per_s", "speed/train_tokens_per_s"),
+              MFU: SummaryValue("speed.mfu", "speed/mfu"), PARAMS: SummaryValue("parameters"),
+              SHARE: Last("routing/eval_share/layer_1/softmax")},
     headlines=(
         Headline("parameters, static", PARAMS, {"layers": "static"}, 50e6, "~50M", "Params: ~50M",
                  f"{SOURCE}, Configuration", rel=0.1),
@@ -54,6 +56,11 @@ STUDY = Study(
                  f"{SOURCE}, Metrics to Track (no figure)"),
         Headline("training tokens/s, dynamic", SPEED, {"layers": "dynamic"}, None, "-", "Tokens/second throughput",
                  f"{SOURCE}, Metrics to Track (no figure)"),
+        Headline("model FLOPs utilisation, static", MFU, {"layers": "static"}, None, "-", "Tokens/second throughput",
+                 f"{SOURCE}, Metrics to Track (no figure; MFU from callbacks/run/throughput.py)"),
+        Headline("model FLOPs utilisation, dynamic", MFU, {"layers": "dynamic"}, None, "-",
+                 "Tokens/second throughput",
+                 f"{SOURCE}, Metrics to Track (no figure; MFU from callbacks/run/throughput.py)"),
         Headline("dynamic: share of tokens to softmax, layer 1 (eval)", SHARE, {"layers": "dynamic"}, None, "-",
                  "Encourages ~50/50 split between GDN and Softmax for each layer (the balance loss's aim)",
                  f"{SOURCE}, Load Balancing Loss (no result)"),
