@@ -42,7 +42,9 @@ RATES = {
     "nanda_grok": Rate(323.3, "bench/overhead.py --experiment nanda_grok, framework arm"),
     "transformer_grok": Rate(73.6, "launch.py experiment=transformer_grok trainer.max_steps=400"),
     "routed": Rate(47.4, "launch.py experiment=routed_entropy trainer.max_steps=400 (every routed_* is this net)"),
-    "least_action": Rate(100.7, "launch.py experiment=least_action trainer.max_steps=400"),
+    "least_action": Rate(100.7, "launch.py experiment=least_action trainer.max_steps=400, measured on the preset "
+                                "before it took the study's settings (p=97, 50 % train): the present one (p=113, "
+                                "30 %, gates diagnostic every 100 steps) taken as this"),
     "conditions_minibatch": Rate(110.3, "launch.py experiment=conditions_study conditions=r1 (mini-batches of 512)"),
     "conditions_fullbatch": Rate(119.0, "launch.py experiment=conditions_study conditions=r3 (full batch; r5-r8 "
                                         "taken as r3)"),
