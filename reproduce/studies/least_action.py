@@ -10,11 +10,16 @@ SOURCE = "the least-action study's plan (seed 001)"
 GPU_STEPS = 40000
 
 
+# an ensemble runs no diagnostics callback; the module logs gates/effective_depth itself (the callback draws plots)
+NO_PLOTS = "callbacks.gates=null"
+
+
 def runs(size: str) -> list[RunSpec]:
     if size == "gpu":  # 21 members in one ensemble; one process alone runs ~100 steps/s, so 50,000 do not fit
-        return [RunSpec("least_action", {"lambda": lam}, seed, GPU_STEPS, (f"regularizer.compute.weight={lam}",),
-                        source_steps=50000) for lam in LAMBDAS for seed in seeds(size, 3, 2)]
-    toy = ("size=cpu", "data.p=13", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25")
+        return [RunSpec("least_action", {"lambda": lam}, seed, GPU_STEPS,
+                        (NO_PLOTS, f"regularizer.compute.weight={lam}"), source_steps=50000)
+                for lam in LAMBDAS for seed in seeds(size, 3, 2)]
+    toy = ("size=cpu", "data.p=13", "trainer.val_check_interval=25", "trainer.log_every_n_steps=25", NO_PLOTS)
     return [RunSpec("least_action", {"lambda": lam}, seed, 200, (*toy, f"regularizer.compute.weight={lam}"))
             for lam in (0.001, 1.0) for seed in seeds(size, 3, 2)]
 

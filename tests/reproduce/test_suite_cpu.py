@@ -73,10 +73,13 @@ def test_plan_prints_every_process_and_runs_nothing(tmp_path, capsys):
         main(["--plan", "--part", "nope"])
 
 
-def test_every_planned_run_composes_at_both_sizes():
+def test_every_planned_run_composes_at_both_sizes_and_every_ensemble_is_one_the_engine_takes(tmp_path):
     """What reaches the GPU machine first must compose there: every run's overrides (one seed of each) are valid
-    keys and values of its experiment, at the source's size and at toy size."""
+    keys and values of its experiment, at the source's size and at toy size; and an ensemble's first and last
+    members are settings the ensemble engine supports (no diagnostics callback, ...) and differ only in packable
+    values (the launcher would otherwise refuse them at the start of the part)."""
     from runtime.config.compose import compose_config
+    from runtime.engines.members import check_supported, shared_part
 
     planned = {(tuple(spec.launch_overrides()), spec.seed) for _, part in all_parts().values()
                for size in ("gpu", "cpu") for spec in part.runs(size)}
@@ -85,3 +88,15 @@ def test_every_planned_run_composes_at_both_sizes():
         cfg = compose_config([*overrides, f"seed={seed}"])
         assert cfg.trainer.max_steps == int(overrides[-1].split("=")[1]) and cfg.seed == seed
     assert len(unique) > 50
+    ensembles = 0
+    for name, (study, part) in all_parts().items():
+        for size in ("gpu", "cpu"):
+            for process in plan_part(study, part, size, tmp_path).processes:
+                if not process.ensemble:
+                    continue
+                ensembles += 1
+                first, last = (compose_config([*spec.launch_overrides(), f"seed={spec.seed}"])
+                               for spec in (process.runs[0], process.runs[-1]))
+                check_supported(first)
+                assert shared_part(first) == shared_part(last), (name, size, process.name)
+    assert ensembles >= 20
