@@ -1,7 +1,9 @@
-"""`python -m analysis <run or sweep folder> [--out DIR] [--grok-key KEY] [--metric NAME] [--baseline KEY=VALUE]`
+"""`python -m analysis <run or sweep folder> [--out DIR] [--grok-key KEY] [--metric NAME] [--baseline KEY=VALUE]
+[--group-by KEY [--stat NAME ...]]`
 
 Prints the sweep table (Markdown) and the files written: table.csv, table.md and the figures, into
-`<folder>/analysis/` unless --out says otherwise. A bad path or key is one line on stderr and exit code 1; a damaged
+`<folder>/analysis/` unless --out says otherwise; with --group-by, also the table of each group's runs, count, mean and
+spread per metric (analysis/groups.py), as grouped_by_<key>.csv and .md. A bad path or key is one line on stderr and exit code 1; a damaged
 run file (cut short by a kill, mixed rows) is one warning line on stderr, and the analysis goes on.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from analysis.curves import curves_of
+from analysis.groups import default_metrics, grouped_table
 from analysis.plots import DEFAULT_GROK_KEY, write_plots
 from analysis.runs import logger
 from analysis.sweep import find_jobs
@@ -25,9 +28,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <path>/analysis)")
     parser.add_argument("--grok-key", default=DEFAULT_GROK_KEY, help=f"grok/* step to plot (default {DEFAULT_GROK_KEY}, or the runs' "
                         "own val threshold of 0.99)")
-    parser.add_argument("--metric", default="val/acc", help="metric whose curves are overlaid (default val/acc)")
+    parser.add_argument("--metric", default=None, help="metric whose curves are overlaid (default: the metric the runs "
+                        "are judged by, their optimized_metric, else val/acc)")
     parser.add_argument("--baseline", default=None, help="KEY=VALUE: the runs steps to 95 %% are divided by "
                         "(ratio/grok/... columns; default: the first job's experiment when the sweep runs several)")
+    parser.add_argument("--group-by", default=None, metavar="KEY", help="also a table per group of runs: a column "
+                        "of the table, a config group (model/ffn, or ffn_type) or a config key (model.d_model)")
+    parser.add_argument("--stat", action="append", default=None, metavar="NAME", help="with --group-by: a metric to "
+                        "summarise (a column of the table or a logged metric; repeat for several; default: the final "
+                        "numbers, losses against their bounds, the grokking step and the compared circuits numbers)")
     return parser.parse_args(argv)
 
 
@@ -54,14 +63,27 @@ def analyse(args: argparse.Namespace) -> int:
             args.grok_key = next((k for k in grok_keys if k.startswith("grok/val_") and k.endswith("_0.99_step")),
                                  args.grok_key)
         require(not grok_keys or args.grok_key in grok_keys, "--grok-key", args.grok_key, ", ".join(grok_keys))
+        require(args.stat is None or args.group_by is not None, "--stat", args.stat, "given with --group-by")
         out = args.out if args.out is not None else args.path / "analysis"
+        grouped = []
+        if args.group_by is not None:
+            stats = args.stat or default_metrics(table, args.grok_key)
+            grouped = [(f"by {args.group_by}:", grouped_table(table, jobs, args.group_by, stats))]
         written = write_table(table, out)
-        written += write_plots(table, curves_of(jobs, args.path), out, args.grok_key, args.metric)
+        for _, groups in grouped:
+            written += write_table(groups, out, f"grouped_by_{args.group_by.replace('/', '_')}")
+        written += write_plots(table, curves_of(jobs, args.path), out, args.grok_key, args.metric or judged_metric(jobs))
     except ConfigError as err:
         print(f"[grokking-lab] error: {err}", file=sys.stderr)
         return 1
-    print_report(table, written)
+    print_report(table, written, grouped)
     return 0
+
+
+def judged_metric(jobs) -> str:
+    """The metric the runs are judged by (their `optimized_metric`), when they all agree; else val/acc."""
+    judged = {job.run.config.get("optimized_metric") for job in jobs if job.run is not None} - {None}
+    return judged.pop() if len(judged) == 1 else "val/acc"
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 The hybrid-LM study's comparison (static layers against per-token routing, dense against compute-saving routing):
 one row per run with its tokenizer, its final validation loss and perplexity (per token), bits per byte (the
 summed loss over the bytes of text the targets stand for: one scale across tokenizers) and next-token accuracy, its
-training and evaluation speed in tokens/s, its parameter count, and for routed layers the share of tokens each sent
-to softmax attention (eval mode, on the routing diagnostic's validation probe; else the last training batch's share). Each
+training and evaluation speed in tokens/s, its parameter count, and per routed layer the share of tokens it sent to
+softmax attention, the routing entropy (nats; ln 2 is undecided) and the Switch balance E·Σ f·P (1 balanced, 2 all
+tokens to one mechanism), each as the routing diagnostic last measured it in eval mode on its validation probe (share
+and entropy, where a run has no such measurement: its last training batch's). A multirun folder (`sweep=hybrid_comparison`)
+compares its jobs. Each
 argument is a run folder, a multirun folder or a folder of runs. Writes `comparison.csv`, `comparison.md` and
 `comparison.png` (validation loss over steps and over wall-clock time) into --out (default: the first path's
 `analysis/`), and prints the Markdown table. A bad path is one line on stderr and exit code 1.
@@ -26,21 +29,28 @@ from analysis.table import print_report, to_markdown
 from core.errors import ConfigError
 
 FINAL = ("val/loss", "val/perplexity", "val/bits_per_byte", "val/acc")
-SHARE = re.compile(r"routing/(eval_share|share)/(layer_\d+)/softmax$")
+# per routed layer: the column it fills, and the logged metrics it reads, the eval-mode probe's first
+ROUTING = {"softmax_share": (r"routing/eval_share/(layer_\d+)/softmax", r"routing/share/(layer_\d+)/softmax"),
+           "routing_entropy": (r"routing/eval_entropy/(layer_\d+)", r"routing/entropy/(layer_\d+)"),
+           "balance": (r"routing/eval_balance/(layer_\d+)",)}
 # what tells the runs apart when their labels are built from the config
 LABEL_KEYS = ("model.layers", "model.routing_mode", "model.router", "optimizer.lr", "seed")
 
 
-def softmax_shares(run: Run) -> dict[str, float]:
-    """Share of tokens each routed layer sent to softmax: the eval-mode probe's when logged, else training's."""
-    found: dict[str, tuple[int, float]] = {}
-    for column in run.metrics.columns:
-        if (match := SHARE.match(str(column))) and (value := run.last(column)) is not None:
-            rank = 0 if match.group(1) == "eval_share" else 1
-            layer = match.group(2)
-            if layer not in found or rank < found[layer][0]:
-                found[layer] = (rank, value)
-    return {f"softmax_share/{layer}": value for layer, (_, value) in sorted(found.items())}
+def routing_columns(run: Run) -> dict[str, float]:
+    """Per routed layer its share of tokens to softmax, routing entropy and balance (ROUTING): the last value the
+    eval-mode probe logged, else the last training batch's."""
+    columns: dict[str, float] = {}
+    for name, sources in ROUTING.items():
+        found: dict[str, tuple[int, float]] = {}
+        for rank, pattern in enumerate(sources):
+            for column in run.metrics.columns:
+                if (match := re.fullmatch(pattern, str(column))) and (value := run.last(column)) is not None:
+                    layer = match.group(1)
+                    if layer not in found or rank < found[layer][0]:
+                        found[layer] = (rank, value)
+        columns |= {f"{name}/{layer}": value for layer, (_, value) in sorted(found.items())}
+    return columns
 
 
 def label_of(run: Run) -> str:
@@ -57,7 +67,7 @@ def row_of(run: Run) -> dict:
            "parameters": run.summary.get("parameters"), "tokenizer": corpus.get("tokenizer")}
     row |= {name: final.get(name) for name in FINAL}
     row |= {"train_tokens_per_s": speed.get("train_tokens_per_s"), "val_tokens_per_s": speed.get("val_tokens_per_s")}
-    row |= softmax_shares(run)
+    row |= routing_columns(run)
     row["wall_time_s"] = run.summary.get("wall_time_s")
     row["folder"] = str(run.path)
     return row
@@ -66,9 +76,9 @@ def row_of(run: Run) -> dict:
 def comparison(paths: list[Path]) -> tuple[pd.DataFrame, list[Run]]:
     runs = [job.run for path in paths for job in find_jobs(path) if job.run is not None]
     table = pd.DataFrame([row_of(run) for run in runs])
-    shares = sorted(c for c in table.columns if c.startswith("softmax_share/"))
-    rest = [c for c in table.columns if c not in shares and c not in ("wall_time_s", "folder")]
-    return table[[*rest, *shares, "wall_time_s", "folder"]], runs
+    routing = [c for name in ROUTING for c in sorted(c for c in table.columns if c.startswith(f"{name}/"))]
+    rest = [c for c in table.columns if c not in routing and c not in ("wall_time_s", "folder")]
+    return table[[*rest, *routing, "wall_time_s", "folder"]], runs
 
 
 def loss_curves_figure(runs: list[Run], table: pd.DataFrame) -> Figure:

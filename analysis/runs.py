@@ -43,12 +43,14 @@ def report(problems: list[str] | None, file: Path, what: str) -> None:
 
 @dataclass
 class Run:
-    """What one run folder holds. `metrics` has one row per optimiser step (see `read_metrics`); `problems` lists
-    the damage found in its files (one `<file>: <what>` line each)."""
+    """What one run folder holds. `metrics` has one row per optimiser step (see `read_metrics`); `choices` the option
+    each config group took (`model/ffn: moe`, Hydra's runtime choices); `problems` lists the damage found in its
+    files (one `<file>: <what>` line each)."""
 
     path: Path
     config: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     metrics: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"step": pd.Series(dtype="int64")}))
     summary_damaged: bool = False
@@ -80,7 +82,9 @@ def load_run(path: str | Path) -> Run:
             f"a run folder (holding one of {', '.join(RUN_FILES)})")
     problems: list[str] = []
     summary, summary_damaged = read_run_summary(path, problems)
-    return Run(path=path, config=read_config(path, problems), overrides=read_overrides(path, summary, problems),
+    saved_hydra = read_hydra(path, problems)
+    return Run(path=path, config=read_config(path, problems, saved_hydra),
+               overrides=read_overrides(path, summary, problems), choices=read_choices(saved_hydra),
                summary=summary, metrics=read_metrics(path, problems), summary_damaged=summary_damaged,
                problems=problems)
 
@@ -146,9 +150,23 @@ def read_overrides(run_dir: Path, summary: dict[str, Any], problems: list[str] |
         return parsed
 
 
-def read_config(run_dir: Path, problems: list[str] | None = None) -> dict[str, Any]:
-    """The composed config, with `${hydra:...}` resolved against the run's own `.hydra/hydra.yaml`."""
-    config_file, hydra_file = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "hydra.yaml"
+def read_hydra(run_dir: Path, problems: list[str] | None = None) -> DictConfig | None:
+    """The run's saved Hydra node (`.hydra/hydra.yaml`); None when it is absent or damaged (reported)."""
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    saved = read_yaml(hydra_file, problems) if hydra_file.is_file() else None
+    return saved if isinstance(saved, DictConfig) else None
+
+
+def read_choices(saved_hydra: DictConfig | None) -> dict[str, Any]:
+    """{config group: the option the run took} (`model/ffn: moe`), from the saved Hydra node; {} without one."""
+    choices = OmegaConf.select(saved_hydra, "hydra.runtime.choices") if saved_hydra is not None else None
+    return {str(k): v for k, v in OmegaConf.to_container(choices).items()} if isinstance(choices, DictConfig) else {}
+
+
+def read_config(run_dir: Path, problems: list[str] | None = None,
+                saved_hydra: DictConfig | None = None) -> dict[str, Any]:
+    """The composed config, with `${hydra:...}` resolved against the run's own saved Hydra node (`read_hydra`)."""
+    config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         return {}
     # the hydra resolver reads global state set only inside a launch; point it at the saved hydra node instead
@@ -160,8 +178,7 @@ def read_config(run_dir: Path, problems: list[str] | None = None) -> dict[str, A
     if not isinstance(config, DictConfig):
         report(problems, config_file, "is not a mapping: config ignored")
         return {}
-    saved_hydra = read_yaml(hydra_file, problems) if hydra_file.is_file() else None
-    if isinstance(saved_hydra, DictConfig):
+    if saved_hydra is not None:
         config = OmegaConf.merge(config, saved_hydra)
     resolved: dict[str, Any] = {}
     for key in config:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -40,17 +40,18 @@ class Job:
         return self.run.overrides if self.run is not None and self.run.overrides else self.planned
 
 
-def find_jobs(path: str | Path) -> list[Job]:
-    """Every run under `path`, in a stable order (sweep by sweep, by job number)."""
+def find_jobs(path: str | Path, load: Callable[[Path], Run] = load_run) -> list[Job]:
+    """Every run under `path`, in a stable order (sweep by sweep, by job number), each read by `load` (a cache's,
+    analysis/run_cache.py, in the viewer)."""
     root = Path(path)
     require(root.exists(), "path", str(path), "an existing run, multirun or runs folder")
     require(root.is_dir(), "path", str(path), "a folder, not a file")
     jobs: list[Job] = []
     for folder, kind in _walk(root):
         if kind == "multirun":
-            jobs += multirun_jobs(folder)
+            jobs += multirun_jobs(folder, load)
         else:
-            jobs.append(Job(path=folder, number=_job_number(folder), run=load_run(folder)))
+            jobs.append(Job(path=folder, number=_job_number(folder), run=load(folder)))
     require(bool(jobs), "path", str(path),
             f"a folder holding runs (a multirun.yaml, or folders with {' or '.join(RUN_FILES)})")
     return jobs
@@ -104,15 +105,19 @@ def planned_overrides(multirun_file: Path) -> list[list[str]] | None:
         return None
     try:
         params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
-        arguments = list(OmegaConf.select(config, "hydra.overrides.task") or [])
-        overrides = OverridesParser.create().parse_overrides(params + arguments)
-        batches = BasicSweeper.split_arguments(overrides, None)
+        return expand_sweep(params, list(OmegaConf.select(config, "hydra.overrides.task") or []))
     except Exception:
         return None
-    return [job for batch in batches for job in batch]
 
 
-def multirun_jobs(sweep_dir: Path) -> list[Job]:
+def expand_sweep(params: list[str], arguments: list[str]) -> list[list[str]]:
+    """Each job's overrides, in job-number order, as Hydra's basic sweeper expands a sweep preset's `params` and the
+    command line's `arguments` (the command line wins where both set a key)."""
+    overrides = OverridesParser.create().parse_overrides(params + arguments)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def multirun_jobs(sweep_dir: Path, load: Callable[[Path], Run] = load_run) -> list[Job]:
     """The planned jobs and the job folders of one multirun, matched by job number."""
     planned = planned_overrides(sweep_dir / "multirun.yaml")
     on_disk: dict[int, Path] = {}
@@ -130,10 +135,10 @@ def multirun_jobs(sweep_dir: Path) -> list[Job]:
         plan = parse_overrides(planned[number]) if planned is not None and number < len(planned) else {}
         folder = on_disk.get(number)
         if folder is not None and is_run_dir(folder):
-            jobs.append(Job(path=folder, number=number, run=load_run(folder), planned=plan))
+            jobs.append(Job(path=folder, number=number, run=load(folder), planned=plan))
         else:  # never started, or killed before Hydra wrote .hydra/
             jobs.append(Job(path=folder or sweep_dir / str(number), number=number, planned=plan))
-    jobs += [Job(path=f, number=_job_number(f), run=load_run(f)) for f in unnumbered if is_run_dir(f)]
+    jobs += [Job(path=f, number=_job_number(f), run=load(f)) for f in unnumbered if is_run_dir(f)]
     return jobs
 
 

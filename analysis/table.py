@@ -2,8 +2,11 @@
 
 Columns: run (folder relative to the analysed path), job, the swept values (override keys whose value differs
 between jobs; seed has its own column), seed, status, steps, final train/val(/test) accuracy (and exact match for
-multi-token answers), each validation accuracy with its best over training beside it (`best/val/acc`), the grok/*
-steps with steps to 95 % as a ratio to a baseline's (`ratio/grok/...`; these derived columns: analysis/derived.py),
+multi-token answers), each validation accuracy with its best over training beside it (`best/val/acc`), for tasks
+whose loss is read against its theoretical bounds (sequence tasks: the conditions-for-grokking study) the final
+train/val(/test) loss, the val loss at step 500 (that study's first evaluation), the gap (final val - train loss) and
+the two bounds, the grok/* steps with steps to 95 % as a ratio to a baseline's (`ratio/grok/...`; these derived
+columns: analysis/derived.py),
 grokked, the run's dynamics (analysis/dynamics.py: grokking, instant generalisation, memorisation, ...), for sequence
 tasks its loss phase against the task's loss bounds (memorising / generalising / at_bound), the last
 logged gates/effective_depth (gated nets) and `fourier/*` measures, the `circuits/*` numbers of the final weights
@@ -24,7 +27,7 @@ import pandas as pd
 from analysis.derived import BEST_OF, best_over_training, last_fourier, with_baseline_ratios
 from analysis.dynamics import classify_dynamics
 from analysis.sweep import Job, find_jobs, relative_name
-from datamodules.loss_bounds import classify_phase, loss_bounds
+from datamodules.loss_bounds import LossBounds, classify_phase, loss_bounds
 
 FINAL_METRICS = ("train/acc", "val/acc", "test/acc", "train/exact_match", "val/exact_match", "test/exact_match")
 DEPTH = "gates/effective_depth"
@@ -32,6 +35,10 @@ DEPTH = "gates/effective_depth"
 CIRCUIT_COLUMNS = ("circuits/ablation/", "circuits/dla/attention_share", "circuits/dla/ffn_share",
                    "circuits/dla/embedding_share", "circuits/moe/mi_expert_operation/")
 SEED = "seed"
+EARLY_STEP = 500  # the conditions-for-grokking study reads the val loss at its first evaluation, step 500
+EARLY_LOSS = f"val/loss@{EARLY_STEP}"
+BOUNDS = ("loss_bound/generalising", "loss_bound/random_answer")
+LOSS_COLUMNS = ("train/loss", "val/loss", "test/loss", EARLY_LOSS, "loss_gap", *BOUNDS)
 
 
 def load_sweep(path: str | Path) -> pd.DataFrame:
@@ -70,13 +77,13 @@ def _row(job: Job, root: Path, swept: Sequence[str]) -> dict[str, Any]:
             "status": job.status, "steps": summary.get("steps")}
     row |= {name: _number(value) for name, value in summary.get("final", {}).items() if name in FINAL_METRICS}
     row |= best_over_training(run.metrics) if run else {}
+    row |= loss_columns(run) if run else {}
     row |= summary.get("grok", {})
     row["grokked"] = summary.get("grokked")
     row[DEPTH] = run.last(DEPTH) if run else None
     row |= last_fourier(run.metrics) if run else {}
     row["dynamics"] = dynamics(run) if run and job.status not in ("failed", "missing") else None
-    row["loss_phase"] = summary.get("loss_phase") or (
-        loss_phase(run.config.get("data", {}), summary.get("final", {})) if run else None)
+    row["loss_phase"] = summary.get("loss_phase") or (loss_phase(run) if run else None)
     row |= {name: _number(value) for name, value in summary.get("circuits", {}).items()
             if name.startswith(CIRCUIT_COLUMNS)}
     row["init_fingerprint"] = summary.get("init_fingerprint")
@@ -98,13 +105,47 @@ def dynamics(run) -> str | None:
     return classify_dynamics(curve(run, "train/acc"), val) if val else None
 
 
-def loss_phase(data: dict, final: dict) -> str | None:
+def run_loss_bounds(run) -> LossBounds | None:
+    """The run's theoretical loss bounds: those its summary.json records (the grokking callback's), else, for a
+    sequence task, those of its config (datamodules/loss_bounds.py); None for tasks without them."""
+    recorded = run.summary.get("loss_bounds")
+    if isinstance(recorded, dict) and set(LossBounds._fields) <= set(recorded):
+        return LossBounds(*(float(recorded[name]) for name in LossBounds._fields))
+    data = run.config.get("data", {})
+    if data.get("format") != "sequence":
+        return None
+    return loss_bounds(data["p"], data["format"], data.get("loss_on", "answer"), tuple(data.get("operations", ["add"])))
+
+
+def value_at(run, metric: str, step: int) -> float | None:
+    """The last value of `metric` logged at or before optimiser step `step` (None if none was)."""
+    if metric not in run.metrics:
+        return None
+    logged = run.metrics.loc[run.metrics["step"] <= step, metric].dropna()
+    return float(logged.iloc[-1]) if len(logged) else None
+
+
+def loss_columns(run) -> dict[str, Any]:
+    """For runs with loss bounds (LOSS_COLUMNS): the final losses, the val loss at EARLY_STEP, the gap between final
+    val and train loss, and the bounds; {} for others, whose losses say less than their accuracies."""
+    bounds = run_loss_bounds(run)
+    if bounds is None:
+        return {}
+    final = {name: _number(run.summary.get("final", {}).get(name)) for name in LOSS_COLUMNS[:3]}
+    train, val = final["train/loss"], final["val/loss"]
+    gap = val - train if isinstance(train, (int, float)) and isinstance(val, (int, float)) else None
+    return final | {EARLY_LOSS: value_at(run, "val/loss", EARLY_STEP), "loss_gap": gap,
+                    BOUNDS[0]: bounds.generalising, BOUNDS[1]: bounds.random_answer}
+
+
+def loss_phase(run) -> str | None:
     """Sequence tasks: where the final train/val loss stand against the task's loss bounds (the
     conditions-for-grokking study); used for
     runs whose summary.json has no `loss_phase` (the grokking callback's own classification) of its own."""
-    if data.get("format") != "sequence" or "train/loss" not in final or "val/loss" not in final:
+    final = run.summary.get("final", {})
+    bounds = run_loss_bounds(run)
+    if bounds is None or "train/loss" not in final or "val/loss" not in final:
         return None
-    bounds = loss_bounds(data["p"], data["format"], data.get("loss_on", "answer"), tuple(data.get("operations", ["add"])))
     return classify_phase(_number(final["train/loss"]), _number(final["val/loss"]), bounds)
 
 
@@ -113,7 +154,7 @@ def _known_dtype(name: str) -> str | None:
         return "Int64"
     if name == "grokked":
         return "boolean"
-    if name in (*FINAL_METRICS, DEPTH, "wall_time_s") or name.startswith(("best/", "fourier/")):
+    if name in (*FINAL_METRICS, *LOSS_COLUMNS, DEPTH, "wall_time_s") or name.startswith(("best/", "fourier/")):
         return "float64"
     return None
 
@@ -141,14 +182,15 @@ def sweep_table(jobs: Sequence[Job], root: Path, baseline: str | None = None) ->
     rows = [_row(job, root, swept) for job in jobs]
     best = [f"best/{name}" for name in BEST_OF]
     finals = [column for name in FINAL_METRICS for column in (name, f"best/{name}") if column in (name, *best)]
-    order = ["run", "job", *swept, SEED, "status", "steps", *finals]
+    order = ["run", "job", *swept, SEED, "status", "steps", *finals, *LOSS_COLUMNS]
     order += list(dict.fromkeys(k for r in rows for k in r if k.startswith("grok/")))
     order += ["grokked", "dynamics", "loss_phase", DEPTH]
     order += list(dict.fromkeys(k for r in rows for k in r if k.startswith("fourier/")))
     order += list(dict.fromkeys(k for r in rows for k in r if k.startswith("circuits/")))
     order += ["wall_time_s", "init_fingerprint", "error"]
     columns = {name: pd.Series([row.get(name) for row in rows], dtype=object, name=name) for name in order}
-    optional = [*FINAL_METRICS[2:], *best, DEPTH, "error", "dynamics", "loss_phase", "init_fingerprint"]  # when some run has them
+    optional = [*FINAL_METRICS[2:], *best, *LOSS_COLUMNS, DEPTH, "error", "dynamics", "loss_phase",
+                "init_fingerprint"]  # when some run has them
     table = pd.DataFrame({name: _typed(values) for name, values in columns.items()
                           if name not in optional or values.notna().any()})
     table.attrs["swept"] = swept
@@ -174,17 +216,23 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_report(table: pd.DataFrame, written: Sequence[Path]) -> None:
-    """What the analysis commands print: the table as Markdown, then the files they wrote."""
+def print_report(table: pd.DataFrame, written: Sequence[Path],
+                 more: Sequence[tuple[str, pd.DataFrame]] = ()) -> None:
+    """What the analysis commands print: the table as Markdown, each further (title, table), then the files they
+    wrote."""
     print(to_markdown(table))
+    for title, other in more:
+        print(title)
+        print(to_markdown(other))
     print("wrote:")
     for path in written:
         print(f"  {path}")
 
 
-def write_table(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+def write_table(table: pd.DataFrame, out_dir: Path, name: str = "table") -> list[Path]:
+    """`<name>.csv` and `<name>.md` in out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out_dir / "table.csv", out_dir / "table.md"
+    csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     table.to_csv(csv_path, index=False)
     md_path.write_text(to_markdown(table))
     return [csv_path, md_path]

@@ -168,7 +168,9 @@ class ByteText(InMemoryTask):
         super().setup(stage)
         self.corpus = self.corpus.to(next(iter(self.splits.values())).inputs.device)
         if stage in (None, "fit"):
-            warn_at_fit(self.trainer, len(self.split_bytes("train")), self.batch_size, self.seq_len, self.warn_passes)
+            warn_at_fit(self.trainer, len(self.split_bytes("train")), self.batch_size, self.seq_len, self.warn_passes,
+                        (self.eval_windows, {name: len(self.splits[name].inputs) for name in ("val", "test")
+                                             if name in self.splits}))
 
     def split_bytes(self, split: str) -> Tensor:
         """(bytes,) uint8: the split's part of the corpus (a view, on the corpus's device)."""

@@ -1,5 +1,7 @@
-"""How many times a run reads its training split: a language model that passes over its text many times can memorise
-it, and a comparison of architectures then measures memorisation. Text tasks say so once, at the start of training."""
+"""How a text task reads its text, said once at the start of training where it is not what the settings suggest: a run
+that passes over its training split many times (a language model can memorise it, and a comparison of architectures
+then measures memorisation), and an evaluation on fewer fixed windows than `eval_windows` asks (a split too short for
+them all holds as many as fit)."""
 from __future__ import annotations
 
 
@@ -15,10 +17,24 @@ def passes_warning(train_tokens: int, max_steps: int | None, tokens_per_step: in
             f"corpus (data=lm data.corpus=package) or fewer steps avoid it")
 
 
-def warn_at_fit(trainer, train_tokens: int, batch_size: int, seq_len: int, limit: float) -> None:
-    """Print the warning, once (rank 0), for a run about to fit with `trainer`."""
+def windows_note(asked: int, fitted: dict[str, int], seq_len: int) -> str | None:
+    """The note for evaluation splits that hold fewer than `asked` windows of seq_len + 1 tokens, else None."""
+    short = {split: count for split, count in fitted.items() if 0 < count < asked}
+    if not short:
+        return None
+    held = ", ".join(f"{split} {count}" for split, count in short.items())
+    return (f"note: data.eval_windows={asked}, but only {held} windows of seq_len + 1 = {seq_len + 1:,} tokens fit: "
+            f"evaluating on those")
+
+
+def warn_at_fit(trainer, train_tokens: int, batch_size: int, seq_len: int, limit: float,
+                eval_windows: tuple[int, dict[str, int]] | None = None) -> None:
+    """Print the warnings, once (rank 0), for a run about to fit with `trainer`: passes over the train split, and
+    (eval_windows: the count asked and each evaluation split's fixed windows) evaluation splits short of windows."""
     if trainer is None or not trainer.is_global_zero:
         return
     per_step = batch_size * seq_len * max(1, int(trainer.accumulate_grad_batches or 1))
-    if warning := passes_warning(train_tokens, trainer.max_steps, per_step, limit):
-        print(f"[grokking-lab] {warning}", flush=True)
+    for line in (passes_warning(train_tokens, trainer.max_steps, per_step, limit),
+                 windows_note(eval_windows[0], eval_windows[1], seq_len) if eval_windows else None):
+        if line:
+            print(f"[grokking-lab] {line}", flush=True)

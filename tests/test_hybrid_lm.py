@@ -170,6 +170,14 @@ def test_compare_puts_static_and_dynamic_side_by_side(runs, tmp_path):
     static, dynamic = table
     assert float(static["val/loss"]) == pytest.approx(runs["static"][0]["final"]["val/loss"])
     assert static["softmax_share/layer_1"] == "" and 0 <= float(dynamic["softmax_share/layer_1"]) <= 1
+    # the routing columns are the routing diagnostic's last eval-mode measurement of each routed layer
+    logged = {key: float(value) for row in metrics_rows(runs["dynamic"][1]) for key, value in row.items() if value}
+    for column, metric in (("softmax_share", "eval_share/layer_1/softmax"), ("routing_entropy", "eval_entropy"),
+                           ("balance", "eval_balance")):
+        name = f"{column}/layer_1"
+        expected = logged[f"routing/{metric}" if "/" in metric else f"routing/{metric}/layer_1"]
+        assert float(dynamic[name]) == pytest.approx(expected, rel=1e-9) and static[name] == "", name
+    assert 1.0 <= float(dynamic["balance/layer_1"]) <= 2.0 and 0 <= float(dynamic["routing_entropy/layer_1"]) <= 0.6932
     assert float(dynamic["train_tokens_per_s"]) > 0 and int(static["parameters"]) > 0
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
     # the figure: a run's logged validation losses over steps done and over its wall time spread evenly; only the
@@ -239,3 +247,76 @@ def test_the_bench_builds_the_vocabulary_the_preset_trains_with():
     assert vocabulary(compose_config(["experiment=hybrid_dynamic"])) == 8192
     assert vocabulary(compose_config(["experiment=hybrid_dynamic", "data.vocab_size=4096"])) == 4096
     assert vocabulary(compose_config(["experiment=hybrid_dynamic", "size=cpu"])) == 256
+
+
+def test_routing_by_class_counts_every_validation_token_of_the_final_weights(runs, tmp_path):
+    """summary.json's routing_by_class: per class of byte, the share the final weights' layer_1 sends to softmax over
+    every validation window, recounted here byte by byte; `python -m analysis.routing_by_class` prints it."""
+    from analysis.routing_by_class import main
+
+    summary, run_dir, _ = runs["dynamic"]
+    probe, aux, options = final_routing([*DYNAMIC, *TINY], run_dir, probe_size=32)  # TINY's 32 eval windows
+    choices = aux["layer_1/mixer/expert_index"][..., 0]
+    assert choices.shape == (32, 64)
+    count, softmax = {}, {}
+    for byte, choice in zip(probe.inputs.flatten().tolist(), choices.flatten().tolist()):
+        char = chr(byte)
+        name = ("newlines" if char in "\r\n" else "spaces" if char in " \t" else "other" if byte >= 128
+                else "letters" if char.isalpha() else "digits" if char.isdigit()
+                else "punctuation" if char.isprintable() else "other")
+        count[name] = count.get(name, 0) + 1
+        softmax[name] = softmax.get(name, 0) + (choice == options.index("softmax"))
+    measured = summary["routing_by_class"]
+    assert {name: n for name, n in measured["tokens"].items() if n} == count
+    assert set(measured["share"]) == {"layer_1"} and measured["option"] == "softmax"
+    for name, n in count.items():
+        assert measured["share"]["layer_1"][name] == pytest.approx(softmax[name] / n, rel=1e-12), name
+    assert (run_dir / "plots" / "routing_by_class.png").is_file()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([str(run_dir), "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "routing_by_class.csv") as f:
+        rows = {row["class"]: row for row in csv.DictReader(f)}
+    assert rows["letters"]["run"].startswith("hybrid_dynamic_cpu") and int(rows["letters"]["tokens"]) == count["letters"]
+    assert float(rows["spaces"]["layer_1"]) == pytest.approx(measured["share"]["layer_1"]["spaces"], rel=1e-12)
+    assert f"| {rows['letters']['run']} | letters | {count['letters']} |" in printed.getvalue()
+
+
+def test_routing_by_class_refuses_runs_that_did_not_measure_it(runs, tmp_path, capsys):
+    from analysis.routing_by_class import main
+
+    assert main([str(runs["static"][1]), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected runs whose summary.json has `routing_by_class`" in err
+
+
+@pytest.mark.parametrize("overrides, windows, passes", [
+    (["size=cpu"], {"val": 64}, None),  # 361 windows of 129 bytes fit 46,627 val bytes; 600 x 16 x 128 read 2.9 passes
+    (["data=text"], {"val": 45}, "117.1"),  # the source size on bytes: 46,627 // 1,025 = 45; 1,000 x 48 x 1,024 bytes
+])
+def test_the_hybrid_presets_say_where_their_text_is_short(overrides, windows, passes, capsys):
+    """hybrid_static's evaluation windows and passes over the text, on bytes of the bundled corpus (its CPU form, and
+    its source size with data=text): the task evaluates on the windows that fit and says so when that is fewer than
+    asked, and warns when training loops over the text more than warn_passes times. (At the source size's own data=lm,
+    the offline corpus: 390 windows of 1,025 tokens fit its 400,161 val tokens and 1,000 steps read its 46.3M train
+    tokens 1.06 times: both quiet; not tested here, as it needs the corpus installed.)"""
+    from types import SimpleNamespace
+
+    import torch
+
+    from runtime.config.build import build
+    from runtime.config.compose import compose_config
+
+    cfg = compose_config(["experiment=hybrid_static", *overrides])
+    data = build(cfg.data, "data")
+    assert {split: len(data.splits[split].inputs) for split in windows} == windows
+    data.trainer = SimpleNamespace(is_global_zero=True, max_steps=cfg.trainer.max_steps, accumulate_grad_batches=1,
+                                   strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    capsys.readouterr()
+    data.setup("fit")
+    printed = capsys.readouterr().out.splitlines()
+    short = {split: n for split, n in windows.items() if n < cfg.data.eval_windows}
+    expected = ([f"[grokking-lab] warning: 1000 steps of 49,152 tokens pass {passes} times"] if passes else []) + (
+        [f"[grokking-lab] note: data.eval_windows=48, but only val 45 windows of seq_len + 1 = 1,025 tokens fit"]
+        if short else [])
+    assert len(printed) == len(expected) and all(line.startswith(start) for line, start in zip(printed, expected))

@@ -21,18 +21,20 @@ CPU_FORMS = {
     "transformer_multi_op": ["transformer_grok"],
     "nanda_grok": ["nanda_grok"],
     "nanda_project_defaults": ["nanda_grok"],
+    "nanda_moe": ["nanda_grok"],
     **{name: ["transformer_grok", "routed_none"]
        for name in ("routed_none", "routed_entropy", "routed_sparsity", "routed_gini", "routed_multi_op")},
     "conditions_study": ["conditions_study"],
     "grokfast_paper": ["grokfast_paper"],
     "hybrid_static": ["hybrid_static"],
-    "hybrid_dynamic": ["hybrid_static"],
+    **{name: ["hybrid_static"] for name in ("hybrid_dynamic", "hybrid_dynamic_fair", "hybrid_dynamic_sparse")},
     **{name: ["least_action"] for name in ("least_action", "least_action_gumbel")},
     "least_action_routed": ["least_action", "least_action_routed"],
 }
 # experiments whose data choice follows the size (their defaults list: `override /data: <name>_${size}`): at
 # size=cpu the source config to which the CPU forms are added takes that data
-DATA_AT_CPU = {"hybrid_static": "data=hybrid_cpu", "hybrid_dynamic": "data=hybrid_cpu"}
+DATA_AT_CPU = {name: "data=hybrid_cpu" for name in ("hybrid_static", "hybrid_dynamic", "hybrid_dynamic_fair",
+                                                    "hybrid_dynamic_sparse")}
 # a run shortened to two steps, with one validation
 SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "optimizer.warmup_steps=1",
          "callbacks.progress.refresh_seconds=1000"]

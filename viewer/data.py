@@ -13,7 +13,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.runs import STATUS_NO_SUMMARY, Run, is_run_dir, load_run
+from analysis.groups import flatten, run_value
+from analysis.run_cache import RunCache
+from analysis.runs import STATUS_NO_SUMMARY, Run, is_run_dir
 from analysis.sweep import STATUS_MISSING, Job, find_jobs
 from analysis.table import sweep_table
 from core.errors import require
@@ -21,6 +23,9 @@ from core.errors import require
 # statuses of a run that may still change: summary.json says running, or is not written yet
 LIVE_STATUSES = ("running", STATUS_NO_SUMMARY, STATUS_MISSING)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif")
+# every page reads runs through this: a run is read again only when one of its files changed (analysis/run_cache.py),
+# so the Runs page, which refreshes itself while runs are live, stays quick over a folder of a thousand runs
+RUNS = RunCache()
 
 
 def jsonable(value: Any) -> Any:
@@ -85,7 +90,8 @@ def runs_table(root: Path) -> dict[str, Any]:
     """The Runs page: one row per run or planned job under root (the sweep table's rows, `analysis/table.py`), with
     `path` (the run's name here), `experiment` and `sweep` added; `columns` in display order, `swept` the keys
     that differ between runs, `live` whether some run may still change (the page then refreshes itself)."""
-    jobs = find_jobs(root)
+    jobs = find_jobs(root, RUNS.load)
+    RUNS.prune({job.path.resolve() for job in jobs if job.run is not None})
     table = sweep_table(jobs, root)
     rows = []
     for job, record in zip(jobs, table.to_dict(orient="records")):
@@ -110,15 +116,15 @@ def metric_series(metrics: pd.DataFrame) -> dict[str, list[list[float]]]:
 
 def runs_metrics(root: Path, names: Sequence[str], group_key: str | None = None) -> dict[str, Any]:
     """The Curves page: per run its metric series; `metrics` the union of their names. With `group_key`, runs are
-    grouped by that config key's value (`group_value`) and each group gets, per metric, the mean, min and max over
-    its runs (`group_stats`)."""
-    runs = {name: load_run(run_path(root, name)) for name in names}  # each run read once: metrics and config
+    grouped by that key's value (a config key or group, as `python -m analysis --group-by` reads it:
+    analysis.groups.run_value) and each group gets, per metric, the mean, min and max over its runs (`group_stats`)."""
+    runs = {name: RUNS.load(run_path(root, name)) for name in names}  # each run read once: metrics and config
     curves = {name: metric_series(run.metrics) for name, run in runs.items()}
     result: dict[str, Any] = {"runs": curves, "metrics": sorted({m for series in curves.values() for m in series})}
     if group_key:
         members: dict[str, list[str]] = {}
         for name, run in runs.items():
-            members.setdefault(repr_value(group_value(run, group_key)), []).append(name)
+            members.setdefault(repr_value(run_value(run, group_key)), []).append(name)
         result["groups"] = [
             {"label": f"{group_key}={label}", "runs": runs,
              "metrics": {metric: group_stats([curves[r][metric] for r in runs if metric in curves[r]])
@@ -129,13 +135,6 @@ def runs_metrics(root: Path, names: Sequence[str], group_key: str | None = None)
 
 def repr_value(value: Any) -> str:
     return "(unset)" if value is None else str(value)
-
-
-def group_value(run: Run, key: str) -> Any:
-    """The value of a config key in a run: its override if it has one, else the composed config's (dotted key)."""
-    if key in run.overrides:
-        return run.overrides[key]
-    return flatten(run.config).get(key)
 
 
 def group_stats(series: Sequence[Sequence[Sequence[float]]]) -> dict[str, list[float]]:
@@ -149,20 +148,6 @@ def group_stats(series: Sequence[Sequence[Sequence[float]]]) -> dict[str, list[f
             "max": values.max(axis=0).tolist(), "n": len(series)}
 
 
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as {dotted.key: value}; lists are kept whole as values."""
-    if not isinstance(config, Mapping):
-        return {prefix: config} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat |= flatten(value, name)
-        else:
-            flat[name] = value
-    return flat
-
-
 def plot_files(path: Path, root: Path) -> list[str]:
     """The images in a run's `plots/` folder, as names relative to root (what `/files/<name>` serves)."""
     folder = path / "plots"
@@ -171,17 +156,34 @@ def plot_files(path: Path, root: Path) -> list[str]:
     return [run_name(f, root) for f in sorted(folder.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
 
 
+# the curves the Run page draws (train and val together, over log steps, as grokking is read)
+RUN_CURVES = ("train/acc", "val/acc", "train/loss", "val/loss", "train/exact_match", "val/exact_match")
+
+
+def summary_card(run: Run) -> dict[str, Any]:
+    """What the Run page shows first of summary.json: status, experiment, seed, steps (and the step it stopped for
+    its best weights), wall time, the final metrics, the grokking steps (null: not reached) and whether it grokked."""
+    summary = run.summary
+    return {"status": run.status, "experiment": summary.get("experiment") or run.config.get("name"),
+            "seed": summary.get("seed", run.config.get("seed")), "steps": summary.get("steps"),
+            "wall_time_s": summary.get("wall_time_s"), "steps_per_s": summary.get("steps_per_s"),
+            "final": {k: v for k, v in summary.get("final", {}).items() if k != "non_finite"},
+            "grok": summary.get("grok", {}), "grokked": summary.get("grokked"), "error": summary.get("error")}
+
+
 def run_detail(root: Path, name: str) -> dict[str, Any]:
-    """The Run page: summary.json, overrides, the composed config (YAML text and flattened), the plot images and the
-    problems the loaders found in its files."""
+    """The Run page: the summary card (`summary_card`), the run's train / val curves (RUN_CURVES, as
+    `metric_series`), summary.json itself, overrides, the composed config (YAML text and flattened), the plot images
+    and the problems the loaders found in its files."""
     path = run_path(root, name)
-    run = load_run(path)
+    run = RUNS.load(path)
     config_file = path / ".hydra" / "config.yaml"
     overrides_file = path / ".hydra" / "overrides.yaml"
+    series = metric_series(run.metrics[[c for c in ("step", *RUN_CURVES) if c in run.metrics]])
     return jsonable({
-        "path": name, "status": run.status, "summary": run.summary, "overrides": run.overrides,
-        "overrides_text": _text(overrides_file), "config_text": _text(config_file), "config": flatten(run.config),
-        "plots": plot_files(path, root), "problems": run.problems,
+        "path": name, "status": run.status, "card": summary_card(run), "curves": series, "summary": run.summary,
+        "overrides": run.overrides, "overrides_text": _text(overrides_file), "config_text": _text(config_file),
+        "config": flatten(run.config), "plots": plot_files(path, root), "problems": run.problems,
     })
 
 
@@ -210,7 +212,7 @@ def config_diff(root: Path, a: str, b: str) -> list[dict[str, Any]]:
 def _own_config(root: Path, name: str) -> dict[str, Any]:
     """A run's flattened config, its own folder (where it is now, and where it was written) replaced by `<run>`."""
     path = run_path(root, name)
-    run = load_run(path)
+    run = RUNS.load(path)
     config = flatten(run.config)
     folders = {str(path), run.summary.get("run_dir"), config.get("paths.output_dir")}
     folders = sorted((f for f in folders if isinstance(f, str) and f), key=len, reverse=True)

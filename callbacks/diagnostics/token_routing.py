@@ -11,6 +11,10 @@ probe of validation windows and logs, per routed layer `layer_<i>`:
   `routing/eval_share_elsewhere/layer_<i>/<option>` (does the router send the recall queries to softmax?).
 Figures: `routing/over_training` (the three over steps) and `routing/tokens`: a sample text with every token
 coloured by the mechanism each routed layer sent it to.
+When training ends, on the final weights and every evaluation window of the validation split: per class of text
+(letters, digits, spaces, newlines, punctuation, other: callbacks/diagnostics/token_classes.py) the share of its tokens
+each routed layer sent to the last option (softmax), into summary.json as `routing_by_class` (read by
+`python -m analysis.routing_by_class`) and drawn as `routing/by_class`.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from callbacks.diagnostics.base import Diagnostic, eval_forward, new_figure, publish_figure
+from callbacks.diagnostics.token_classes import CLASSES, class_ids, shares_by_class
 from core.errors import require
 from lightning_modules.step import router_layer
 from regularizers.moe import expert_balance
@@ -38,6 +43,7 @@ class TokenRouting(Diagnostic):
     """probe_size: validation windows the routing is read on; sample_tokens: tokens of the first one drawn."""
 
     name = "token_routing"
+    summary_key = "routing_by_class"
 
     def __init__(self, every_n_steps: int = 100, plot_every_n_steps: int | None = 500, probe_size: int = 8,
                  sample_tokens: int = 256, columns: int = 64):
@@ -47,6 +53,7 @@ class TokenRouting(Diagnostic):
         self.probe_size, self.sample_tokens, self.columns = probe_size, sample_tokens, columns
         self.latest: dict[str, np.ndarray] = {}  # routed layer -> choices of the sample's tokens
         self.sample: list[str] = []
+        self.by_class: dict | None = None  # the final weights' routing per class of text (summary.json)
 
     def requirements(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
         if not getattr(pl_module.net, "routing_options", None):
@@ -87,7 +94,39 @@ class TokenRouting(Diagnostic):
         self.history.append(record)
         return metrics
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.stood_aside and trainer.is_global_zero:
+            self.by_class = self.routing_by_class(trainer, pl_module)
+        super().on_train_end(trainer, pl_module)
+
+    def routing_by_class(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict | None:
+        """Per class of text, the share of the tokens each routed layer sends to the last option, on every evaluation
+        window of the validation split (eval mode); None where the task cannot say what text a token is."""
+        data, options = trainer.datamodule, pl_module.net.routing_options
+        text_of = getattr(data, "text_of", None)
+        if not callable(text_of):
+            return None
+        split = "val" if "val" in data.split_names() else "train"
+        classes, chosen = [], {}
+        for batch in data.eval_batches(split):
+            aux = eval_forward(pl_module, batch.inputs.to(pl_module.device)).aux
+            for i, key in enumerate(k for k in aux if k.endswith("/routing")):
+                picked = aux[key.removesuffix("routing") + "expert_index"][..., 0] == len(options) - 1
+                chosen.setdefault(router_layer(key, i), []).append(picked)
+            classes.append(class_ids(batch.inputs, text_of))
+        if not chosen:
+            return None
+        counted = {layer: shares_by_class(classes, flags) for layer, flags in chosen.items()}
+        tokens = next(iter(counted.values()))[0]
+        return {"split": split, "option": options[-1], "tokens": dict(zip(CLASSES, tokens)),
+                "share": {layer: dict(zip(CLASSES, shares)) for layer, (_, shares) in counted.items()}}
+
+    def summary_part(self) -> dict | None:
+        return self.by_class
+
     def plot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.by_class:
+            self._plot_by_class(trainer)
         if not self.history or not self.latest:
             return
         options = pl_module.net.routing_options
@@ -130,3 +169,20 @@ class TokenRouting(Diagnostic):
             for side in ax.spines.values():
                 side.set_visible(False)
         publish_figure(trainer, "routing/tokens", fig)
+
+    def _plot_by_class(self, trainer: pl.Trainer) -> None:
+        """Bars: per class of text (with its token count), each routed layer's share of those tokens to the option."""
+        by_class = self.by_class
+        layers = list(by_class["share"])
+        fig = new_figure(8, 3.4)
+        ax = fig.subplots()
+        width = 0.8 / len(layers)
+        for index, layer in enumerate(layers):
+            shares = [by_class["share"][layer][name] for name in CLASSES]
+            ax.bar([c + (index - (len(layers) - 1) / 2) * width for c in range(len(CLASSES))],
+                   [np.nan if v is None else v for v in shares], width=width, label=layer)
+        ax.set_xticks(range(len(CLASSES)), [f"{name}\n({by_class['tokens'][name]:,})" for name in CLASSES], fontsize=8)
+        ax.set(ylabel=f"share of tokens to {by_class['option']}", ylim=(0, 1.02),
+               title=f"final weights, every {by_class['split']} window: routing by class of text (tokens)")
+        ax.legend(fontsize=8)
+        publish_figure(trainer, "routing/by_class", fig)

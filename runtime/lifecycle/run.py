@@ -9,7 +9,7 @@ in summary.json, a new logger or a new check is added once and reaches both.
     per job: hyper-parameters to its loggers, its W&B run
     fit (the engine sets each job's status)
     final numbers of every split, at the run's precision
-    per job, whatever happened: summary.json written, loggers closed
+    per job, whatever happened: summary.json written, loggers closed, plots/grokking_curve.png drawn
 """
 from __future__ import annotations
 

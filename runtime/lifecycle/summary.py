@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from lightning.pytorch.loggers import CSVLogger
+
+from analysis.grokking_curve import draw_grokking_curve
 from runtime.logs.loggers import finish_wandb, publish_summary
 
 
@@ -83,4 +86,19 @@ def close_summary(out: Path, summary: dict[str, Any], loggers: Iterable, started
         publish_summary(loggers, summary)
     finally:
         finish_wandb(loggers)
+    if write:
+        draw_end_figures(out, summary, loggers)
     return wall
+
+
+def draw_end_figures(out: Path, summary: dict[str, Any], loggers: Iterable) -> None:
+    """The figures every run leaves in `plots/` when it ends (analysis/grokking_curve.py), drawn from its files:
+    nothing during training. A figure that cannot be drawn is one warning line; the run's outcome stands."""
+    for logger in loggers:  # the last rows of metrics.csv onto the disk
+        if isinstance(logger, CSVLogger):
+            logger.save()
+    try:
+        draw_grokking_curve(out, summary)
+    except Exception as err:  # noqa: BLE001 - a figure never fails a run that has ended
+        print(f"[grokking-lab] warning: {out / 'plots'}: grokking curve not drawn ({type(err).__name__}: {err})",
+              flush=True)

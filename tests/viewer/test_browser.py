@@ -43,7 +43,7 @@ def test_the_curves_view_of_two_selected_runs_renders_their_chart(served, tmp_pa
     dom = chromium("--dump-dom", address)
     assert "seed_0" in dom and "seed_1" in dom  # the runs table and the legend name both runs
     assert "main-svg" in dom  # plotly drew its chart
-    assert dom.count('class="trace scatter') >= 2  # a line per selected run
+    assert dom.count('class="trace scatter') >= 4  # train and val of each selected run (together by default)
     assert "2 runs" in dom
     shot = tmp_path / "curves.png"
     chromium("--window-size=1400,1000", f"--screenshot={shot}", address)
@@ -52,4 +52,6 @@ def test_the_curves_view_of_two_selected_runs_renders_their_chart(served, tmp_pa
 
 def test_the_run_view_shows_the_run_the_address_names(served):
     dom = chromium("--dump-dom", f"{served.url}#tab=run&run=seed_1")
-    assert "seed_1 — completed" in dom and '"seed": 1' in dom  # its heading and its summary.json
+    assert "seed_1 — completed" in dom and '"seed": 1' in dom  # its heading and its summary.json (raw, folded)
+    assert 'class="card"' in dom and "grokking steps" in dom  # the summary card
+    assert dom.count('class="trace scatter') >= 4  # its accuracy and loss, train and val

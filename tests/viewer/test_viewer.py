@@ -23,15 +23,15 @@ RUNS = ["single", "sweep/0", "sweep/1"]
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    """A runs folder: `sweep/` (seed=0,1) and `single/` (seed 0), with a PNG in single/plots/ (the short runs have
-    no diagnostics callback to draw one)."""
+    """A runs folder: `sweep/` (seed=0,1) and `single/` (seed 0), with a second PNG in single/plots/ beside the
+    grokking curve every run draws when it ends."""
     base = tmp_path_factory.mktemp("viewer")
     runs = base / "runs"
     sweep = launch_cli(["-m", *SMALL, "threads=1", "seed=0,1", f"hydra.sweep.dir={runs / 'sweep'}"], cwd=base)
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     single = launch_cli([*SMALL, "threads=1", f"hydra.run.dir={runs / 'single'}"], cwd=base)
     assert single.returncode == 0, single.stderr[-2000:]
-    (runs / "single" / "plots").mkdir()
+    assert (runs / "single" / "plots" / "grokking_curve.png").is_file()
     matplotlib.pyplot.imsave(runs / "single" / "plots" / "curve.png", np.arange(12.0).reshape(3, 4))
     return runs
 
@@ -113,7 +113,23 @@ def test_run_detail(root):
     assert detail["overrides_text"] == (root / "single" / ".hydra" / "overrides.yaml").read_text()
     assert detail["overrides"]["data.p"] == 11 and detail["config"]["data.p"] == 11 and detail["config"]["seed"] == 0
     assert "trainer:" in detail["config_text"]
-    assert detail["plots"] == ["single/plots/curve.png"]
+    assert detail["plots"] == ["single/plots/curve.png", "single/plots/grokking_curve.png"]
+
+
+def test_run_detail_has_a_summary_card_and_the_train_and_val_curves(root):
+    detail = data.run_detail(root, "single")
+    summary = read_json(root / "single" / "summary.json")
+    card = detail["card"]
+    for key in ("status", "experiment", "seed", "steps", "wall_time_s", "steps_per_s", "grok", "grokked"):
+        assert card[key] == summary[key], key
+    assert card["final"] == pytest.approx(summary["final"]) and "val/acc" in card["final"]
+    # the curves: metrics.csv's train / val accuracy and loss at steps done (the file's step + 1), read here with csv
+    rows = metrics_rows(root / "single")
+    assert set(detail["curves"]) == {"train/acc", "val/acc", "train/loss", "val/loss"}
+    for metric, points in detail["curves"].items():
+        logged = [[int(r["step"]) + 1, float(r[metric])] for r in rows if r[metric]]
+        assert len(logged) >= 2 and [step for step, _ in points] == [step for step, _ in logged], metric
+        np.testing.assert_allclose([v for _, v in points], [v for _, v in logged], rtol=1e-12, err_msg=metric)
 
 
 @pytest.mark.parametrize("name", ["..", "../runs/single", "/etc", "sweep", "nope", ""])
@@ -175,6 +191,13 @@ def get(server, path, host="127.0.0.1"):
     return response.status, response.getheader("Content-Type", ""), body
 
 
+def test_the_curves_page_opens_with_train_and_val_over_log_steps(server):
+    page = get(server, "/")[2].decode()
+    for control in ("overlay", "logx"):  # train + val together, log step axis: on until unticked
+        (tag,) = re.findall(rf'<input id="{control}"[^>]*>', page)
+        assert re.search(r"\bchecked\b", tag), tag
+
+
 def test_page_uses_local_assets_only(server):
     status, kind, body = get(server, "/")
     page = body.decode()
@@ -202,7 +225,7 @@ def test_api(server):
     status, _, body = get(server, "/api/diff?a=sweep/0&b=sweep/1")
     assert status == 200 and json.loads(body) == [{"key": "seed", "a": 0, "b": 1}]
     status, _, body = get(server, "/api/run?run=single")
-    assert status == 200 and json.loads(body)["plots"] == ["single/plots/curve.png"]
+    assert status == 200 and json.loads(body)["plots"] == ["single/plots/curve.png", "single/plots/grokking_curve.png"]
     for bad in ("/api/run?run=../..", "/api/run", "/api/diff?a=sweep/0", "/api/metrics?run=nope"):
         status, _, body = get(server, bad)
         assert status == 404 and "error" in json.loads(body), bad

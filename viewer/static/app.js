@@ -260,19 +260,57 @@ async function loadRun() {
   try {
     const run = await getJSON(`/api/run?run=${encodeURIComponent(name)}`);
     const plots = gallery(run.plots);
+    const raw = (title, text) => el("details", {}, [el("summary", {text: title}), el("pre", {text})]);
+    const charts = el("div", {class: "run-curves"}, ["acc", "exact_match", "loss"]
+      .filter((what) => run.curves[`train/${what}`] || run.curves[`val/${what}`])
+      .map((what) => el("div", {id: `run-curve-${what}`, class: "run-curve"})));
     target.replaceChildren(
       el("h2", {text: `${run.path} — ${run.status}`}),
       ...(run.problems.length ? section("problems", el("pre", {text: run.problems.join("\n")})) : []),
-      ...section("summary.json", el("pre", {text: JSON.stringify(run.summary, null, 2)})),
-      ...section("overrides", el("pre", {text: run.overrides_text || JSON.stringify(run.overrides, null, 2)})),
-      ...section("config (.hydra/config.yaml)", el("details", {}, [el("summary", {text: "show"}),
-                                                                    el("pre", {text: run.config_text || ""})])),
+      summaryCard(run.card),
+      ...section("curves (train and val, log steps)", charts.children.length ? charts
+                 : el("p", {class: "muted", text: "no accuracy or loss logged"})),
+      ...section("raw files", el("div", {}, [
+        raw("summary.json", JSON.stringify(run.summary, null, 2)),
+        raw("overrides (.hydra/overrides.yaml)", run.overrides_text || JSON.stringify(run.overrides, null, 2)),
+        raw("config (.hydra/config.yaml)", run.config_text || "")])),
       ...section(`plots (${run.plots.length})`, run.plots.length ? plots : el("p", {class: "muted", text: "no plots/ images"})));
+    for (const chart of charts.children) drawRunCurve(chart, chart.id.replace("run-curve-", ""), run);
     showError(null);
   } catch (err) {
     showError(err);
   }
   loadDiff();
+}
+
+// the summary card: status, experiment, seed, steps, wall time, final metrics, grokking steps (— where not reached)
+function summaryCard(card) {
+  const wall = card.wall_time_s === null ? "" : `${cellText(card.wall_time_s)} s` +
+    (card.steps_per_s ? ` (${cellText(card.steps_per_s)} steps/s)` : "");
+  const facts = [["status", card.status], ["experiment", card.experiment], ["seed", card.seed],
+                 ["steps", card.steps], ["wall time", wall], ["grokked", card.grokked]];
+  if (card.error) facts.push(["error", card.error]);
+  const rows = (pairs) => el("table", {}, pairs.map(([k, v]) =>
+    el("tr", {}, [el("th", {text: k}), el("td", {class: typeof v === "number" ? "num" : "", text: cellText(v)})])));
+  const grok = Object.entries(card.grok).map(([k, v]) => [k.replace(/^grok\//, ""), v === null ? "—" : v]);
+  return el("div", {class: "card"}, [
+    el("div", {}, [el("h3", {text: "run"}), rows(facts)]),
+    el("div", {}, [el("h3", {text: "final"}), rows(Object.entries(card.final))]),
+    el("div", {}, [el("h3", {text: "grokking steps"}), grok.length ? rows(grok) : el("p", {class: "muted", text: "none recorded"})])]);
+}
+
+// one panel of the Run page: train and val of `what` over log steps, the reached grokking steps as dotted lines
+function drawRunCurve(node, what, run) {
+  const traces = ["train", "val"].filter((split) => run.curves[`${split}/${what}`]).map((split, i) => {
+    const points = run.curves[`${split}/${what}`];
+    return {x: points.map((p) => p[0]), y: points.map((p) => p[1]), mode: "lines", name: `${split}/${what}`,
+            line: {color: COLOURS[i]}};
+  });
+  const marks = Object.entries(run.card.grok).filter(([, step]) => step !== null && step > 0)
+    .map(([, step]) => ({type: "line", x0: step, x1: step, yref: "paper", y0: 0, y1: 1, line: {dash: "dot", width: 1}}));
+  const layout = {xaxis: {title: {text: "step"}, type: "log"}, yaxis: {title: {text: what}, type: what === "loss" ? "log" : "linear"},
+                  shapes: marks, margin: {t: 20}, height: 300, legend: {orientation: "h"}};
+  Plotly.react(node, traces, layout, {displaylogo: false, responsive: true});
 }
 
 async function loadDiff() {
