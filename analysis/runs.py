@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from core.errors import require
+from core.run_name import register_run_name
 
 RUN_FILES = ("summary.json", "metrics.csv", ".hydra/config.yaml", ".hydra/overrides.yaml")
 STATUS_NO_SUMMARY = "missing summary"  # the folder exists but the run never wrote summary.json (killed hard)
@@ -180,6 +181,7 @@ def read_config(run_dir: Path, problems: list[str] | None = None,
         return {}
     if saved_hydra is not None:
         config = OmegaConf.merge(config, saved_hydra)
+    register_run_name()  # `name` is `${run_name:...}`, whose resolver a launch registers
     resolved: dict[str, Any] = {}
     for key in config:
         if key == "hydra":

@@ -1,7 +1,7 @@
 """Run folders: their names, and folders that two launches never share.
 
-A run is named for its experiment and size (`transformer_grok`, `transformer_grok_cpu` at `size=cpu`): the folder
-under runs/ and the W&B group. A multirun's folder is named for the runs it holds (`sweep_name`), not for the
+A run is named for its experiment and size (`transformer_grok`, `transformer_grok_cpu` at `size=cpu`;
+core/run_name.py): the folder under runs/ and the W&B group. A multirun's folder is named for the runs it holds (`sweep_name`), not for the
 default experiment: Hydra names it once, from a config composed without the swept values, before any job.
 
 `hydra.run.dir` and `hydra.sweep.dir` name folders by the second (`runs/<name>/<date_time>`); two launches
@@ -19,7 +19,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-SOURCE_SIZE = "source"  # the size a study's source ran at: conf/experiment/ as written (conf/size/source.yaml)
+from core.run_name import register_run_name, run_name
+
 NAMED_BY = ("experiment", "size")  # the config groups a run's name is made of
 LONGEST_NAME = 120  # characters of a multirun folder's name; a longer list of runs is shortened (file systems: 255)
 
@@ -36,11 +37,6 @@ def claim_dir(name: str) -> str:
             return str(candidate)
         except FileExistsError:
             attempt += 1
-
-
-def run_name(experiment: str, size: str) -> str:
-    """`experiment` at its source size, else `<experiment>_<size>`, so runs of two sizes never share a folder."""
-    return experiment if size == SOURCE_SIZE else f"{experiment}_{size}"
 
 
 def sweep_name(overrides: Sequence[str], preset_params: Any, choices: Any, loader: Any = None) -> str:
@@ -89,7 +85,6 @@ def sweep_name_of(_root_: DictConfig) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("unique_dir"):
         OmegaConf.register_new_resolver("unique_dir", claim_dir, use_cache=True)
-    if not OmegaConf.has_resolver("run_name"):
-        OmegaConf.register_new_resolver("run_name", run_name)
+    register_run_name()
     if not OmegaConf.has_resolver("sweep_name"):
         OmegaConf.register_new_resolver("sweep_name", sweep_name_of)
