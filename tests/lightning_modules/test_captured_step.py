@@ -9,6 +9,7 @@ import torch
 import lightning_modules.task_module as task_module
 from core.errors import ConfigError
 from lightning_modules.cuda_graph import step_setup_blocker
+from nets import MLP
 from tests.conftest import SMALL, assert_resume_ends_as_straight_run, metrics_rows, run_quietly
 from tests.helpers import EagerReplayStep
 
@@ -28,12 +29,28 @@ def logged(run_dir):
             for key, value in row.items() if value and key not in ("step", "epoch") and not key.startswith("speed/")}
 
 
+@pytest.fixture
+def training_forwards(monkeypatch):
+    """Counts the forwards of an MLP in training mode (a step's; evaluation runs in eval mode)."""
+    counted = {"n": 0}
+    forward = MLP.forward
+
+    def counting(self, x):
+        counted["n"] += self.training
+        return forward(self, x)
+
+    monkeypatch.setattr(MLP, "forward", counting)
+    return counted
+
+
 @pytest.mark.rounding
-def test_a_captured_run_logs_and_ends_as_the_eager_run(run_config, replay_on_cpu, one_thread):
+def test_a_captured_run_logs_and_ends_as_the_eager_run(run_config, replay_on_cpu, one_thread, training_forwards):
     eager, eager_dir = run_config([*COMMON, "module.cuda_graph=false"], name="eager")
+    training_forwards["n"] = 0
     captured, captured_dir = run_config(COMMON, name="captured")  # auto: the default
     assert eager["cuda_graph"] == "eager (module.cuda_graph=false)" and captured["cuda_graph"] == "captured"
     assert EagerReplayStep.latest.replays == 60 - 10  # every step after the warmup was a replay
+    assert training_forwards["n"] == 60  # and nothing else ran the step: one forward a step
     ours, theirs = logged(captured_dir), logged(eager_dir)
     # the same rows (training metrics on logging steps come from the replay's own forward), and the same numbers:
     # both arms run the same kernels on the same values (the eager steps through Lightning's clipping and torch's
@@ -48,14 +65,21 @@ def test_a_captured_run_logs_and_ends_as_the_eager_run(run_config, replay_on_cpu
     assert captured["steps"] == eager["steps"] == 60
 
 
-def test_a_captured_run_stops_at_the_first_non_finite_loss(run_config, replay_on_cpu, one_thread):
+def test_a_captured_run_stops_at_the_first_non_finite_loss_with_the_last_good_weights(run_config, replay_on_cpu,
+                                                                                      one_thread):
+    """The in-graph guard skips the bad step and every later one (they run until the next logging step, 40, reads
+    the guard): the weights are those after step 30, as a run of 30 steps leaves them."""
     summary, run_dir = run_config([
         *COMMON, "+regularizer.boom._target_=tests.helpers.NaNSwitch", "+callbacks.flip._target_=tests.helpers.FlipToNaN",
         "+callbacks.flip.at=30", "callbacks.checkpoint.every_n_train_steps=20"])
     assert summary["cuda_graph"] == "captured"
     assert summary["status"] == "diverged" and summary["steps"] == 30 and "step 30" in summary["error"]
-    assert all(torch.isfinite(torch.tensor(v)) for v in summary["final"].values())
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 20
+    _, good_dir = run_config([*COMMON, "trainer.max_steps=30"], name="good")
+    good = torch.load(good_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    kept = torch.load(run_dir / summary["last_finite_weights"], weights_only=True)
+    for name, tensor in kept.items():  # the same kernels on the same values: equal to rounding
+        torch.testing.assert_close(tensor, good[f"net.{name}"], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("stop_at", [5, 20], ids=["before_the_capture", "after_it"])
