@@ -215,6 +215,7 @@ def test_a_hybrid_lm_member_logs_the_metric_names_of_its_solo_run(tmp_path, one_
     ("ckpt_path=/tmp/x.ckpt", "ckpt_path"),
     # one loss scaler for all members: one member's overflow would skip every member's step
     ("trainer.precision=16-mixed", "trainer.precision='16-mixed' is not allowed: expected 32-true or bf16-mixed"),
+    ("ensemble.compile=yes", "ensemble.compile='yes' is not allowed: expected auto, true or false"),
 ])
 def test_what_an_ensemble_cannot_honour_is_refused_by_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
