@@ -76,6 +76,7 @@ def test_every_member_logs_what_its_solo_run_logs(tmp_path, run_config, one_thre
         solo, solo_dir = run_config([*common, *own], name="solo_" + "_".join(own))
         assert_same_run(summary, member_dir, solo, solo_dir)
         assert summary["ensemble"]["size"] == 3 and (member_dir / "init.pt").is_file()
+        assert summary["ensemble"]["compiled"] is False  # ensemble.compile=auto: eager on a CPU
         weights = torch.load(member_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         solo_weights = torch.load(solo_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
         # saved under the solo names; loosely, as Adam turns rounding noise into lr-sized steps where the true

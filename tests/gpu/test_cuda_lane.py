@@ -90,13 +90,17 @@ def test_the_captured_step_stops_at_the_first_non_finite_loss(run_config):
     assert ckpt["global_step"] == 100
 
 
-def test_an_ensemble_on_cuda_matches_solo_runs(tmp_path, run_config):
+@pytest.mark.parametrize("compile, compiled", [("auto", True), ("false", False)])
+def test_an_ensemble_on_cuda_matches_solo_runs(tmp_path, run_config, compile, compiled):
+    """On CUDA an ensemble compiles its step and update by default (ensemble.compile=auto); compiled or not, its
+    members log what their solo runs log."""
     per_member = [["seed=0"], ["seed=1", "optimizer.weight_decay=0.3"]]
     common = ["data.p=23", "trainer.max_steps=60", "trainer.accelerator=gpu"]
-    summaries, dirs = train_ensemble(tmp_path, common, per_member)
+    summaries, dirs = train_ensemble(tmp_path, [*common, f"ensemble.compile={compile}"], per_member)
     for own, summary, member_dir in zip(per_member, summaries, dirs):
         solo, solo_dir = run_config([*common, *own], name="solo_" + own[-1])
         assert summary["status"] == solo["status"] == "completed" and summary["ensemble"]["device"].startswith("cuda")
+        assert summary["ensemble"]["compiled"] is compiled
         theirs, ours = logged(solo_dir), logged(member_dir)
         assert ours.keys() == theirs.keys()
         for cell, value in theirs.items():
