@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,lm]"
 	touch $@
 
 run: setup
@@ -47,7 +47,7 @@ bench: setup
 	$(PY) bench/ensemble.py --experiment mlp_grok --members 8 --steps 200
 	$(PY) bench/time_to_grok.py
 
-# the table and figures of a sweep: make analysis DIR=runs/<experiment>/multirun_<date_time>
+# the table and figures of a sweep: make analysis DIR=runs/<sweep name>/multirun_<date_time>
 analysis: setup
 	$(PY) -m analysis $(DIR)
 

@@ -1,8 +1,8 @@
 """The one entry point: compose the config and live the run (runtime/lifecycle/run.py, the solo engine); a multirun
 runs one job per run folder (or `hydra/launcher=ensemble` many at once).
 
-    python launch.py                                  # default experiment (mlp_grok)
-    python launch.py experiment=transformer_grok_cpu  # another experiment
+    python launch.py                                        # default experiment (mlp_grok)
+    python launch.py experiment=transformer_grok size=cpu   # another experiment, at CPU size
     python launch.py -m optimizer.weight_decay=0.5,1.0 seed=0,1   # a sweep, one run folder per job
 """
 from __future__ import annotations

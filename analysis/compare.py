@@ -1,9 +1,10 @@
 """`python -m analysis.compare RUN [RUN ...] [--out DIR]`: language-model runs side by side.
 
 The hybrid-LM study's comparison (static layers against per-token routing, dense against compute-saving routing):
-one row per run with its final validation loss, perplexity, bits per byte and next-token accuracy, its training and
-evaluation speed in tokens/s, its parameter count, and for routed layers the share of tokens each sent to softmax
-attention (eval mode, on the routing diagnostic's validation probe; else the last training batch's share). Each
+one row per run with its tokenizer, its final validation loss and perplexity (per token), bits per byte (the
+summed loss over the bytes of text the targets stand for: one scale across tokenizers) and next-token accuracy, its
+training and evaluation speed in tokens/s, its parameter count, and for routed layers the share of tokens each sent
+to softmax attention (eval mode, on the routing diagnostic's validation probe; else the last training batch's share). Each
 argument is a run folder, a multirun folder or a folder of runs. Writes `comparison.csv`, `comparison.md` and
 `comparison.png` (validation loss over steps and over wall-clock time) into --out (default: the first path's
 `analysis/`), and prints the Markdown table. A bad path is one line on stderr and exit code 1.
@@ -51,8 +52,9 @@ def label_of(run: Run) -> str:
 
 def row_of(run: Run) -> dict:
     final, speed = run.summary.get("final", {}), run.summary.get("speed", {})
+    corpus = run.summary.get("corpus") or {}
     row = {"run": label_of(run), "status": run.status, "steps": run.summary.get("steps"),
-           "parameters": run.summary.get("parameters")}
+           "parameters": run.summary.get("parameters"), "tokenizer": corpus.get("tokenizer")}
     row |= {name: final.get(name) for name in FINAL}
     row |= {"train_tokens_per_s": speed.get("train_tokens_per_s"), "val_tokens_per_s": speed.get("val_tokens_per_s")}
     row |= softmax_shares(run)

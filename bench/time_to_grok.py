@@ -5,8 +5,8 @@ init (the summaries' `init_fingerprint` is printed and checked); a run stops whe
 Printed: steps and wall seconds to that point per arm, and the ratios without/with (> 1: Grokfast is faster).
 
 Paper mode (`--paper full|cpu`): the Grokfast paper's task and regime (conf/experiment/grokfast_paper.yaml:
-x·y mod 97, 50% train, batch 512, 2-layer transformer, Adam lr 1e-3, no clipping; `cpu` is the small version,
-grokfast_paper_cpu.yaml). For each seed (init, split and batch order), three arms from the same weights: no
+x·y mod 97, 50% train, batch 512, 2-layer transformer, Adam lr 1e-3, no clipping; `cpu` is its CPU size,
+conf/size/grokfast_paper/cpu.yaml). For each seed (init, split and batch order), three arms from the same weights: no
 filter, Grokfast-MA (w 100, λ 5) and Grokfast EMA (α 0.98, λ 2); printed: steps to val acc 0.95 (the paper's
 criterion) with wall seconds, and the ratios none/MA and none/EMA. The initial weights are each layer's PyTorch
 default, as in the reference code, which never re-initialises (`--init torch`: embeddings N(0, 1), linears
@@ -43,11 +43,11 @@ from runtime.config.compose import compose_config  # noqa: E402
 TASKS = {
     "mlp": ["experiment=mlp_grok"],  # p=97, 50% train, wd 1: groks in ~4,000 full-batch steps
     # 1 block, p=59, 40% train: memorises by step ~100, val acc 0.99 at ~2,300 (a few minutes on 2 cores)
-    "transformer": ["experiment=transformer_grok_cpu", "data.train_fraction=0.4"],
+    "transformer": ["experiment=transformer_grok", "size=cpu", "data.train_fraction=0.4"],
     # the slow-grokking regime Grokfast targets: p=23, 80% train, lr 1e-3 (val acc 0.99 at ~5,500 steps)
     "mlp_p23": ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optimizer.lr=1e-3"],
 }
-PAPER = {"full": "grokfast_paper", "cpu": "grokfast_paper_cpu"}
+PAPER = {"full": ["experiment=grokfast_paper"], "cpu": ["experiment=grokfast_paper", "size=cpu"]}
 ARMS = {"none": [], "ma": ["grokfast=ma"], "ema": ["grokfast=ema"]}
 PAPER_L2 = {"none": 0.0, "ma": 0.01, "ema": 0.005}  # the reference runs' Adam weight_decay (their README)
 PAPER_THRESHOLD = 0.95
@@ -131,8 +131,7 @@ def ratio_cell(base: dict, arm: dict) -> tuple[str, float | None]:
 
 
 def run_paper(args: argparse.Namespace) -> None:
-    experiment = PAPER[args.paper]
-    common = [f"experiment={experiment}", "callbacks.best_checkpoint=null", *args.overrides]
+    common = [*PAPER[args.paper], "callbacks.best_checkpoint=null", *args.overrides]
     if args.max_steps_given:
         common.append(f"trainer.max_steps={args.max_steps}")
     # parallel runs: a plain line a minute each instead of interleaved bars
@@ -154,7 +153,7 @@ def run_paper(args: argparse.Namespace) -> None:
                 results[seed][arm] = result
                 print(f"[bench] seed {seed} {arm:4s}: {steps_cell(result)}", flush=True)
     l2 = ("paper's: none 0, ma 0.01, ema 0.005" if args.l2 == "paper" else f"{float(args.l2):g} for every arm")
-    print(f"\n{experiment} {' '.join(args.overrides)}".rstrip())
+    print(f"\n{' '.join([*PAPER[args.paper], *args.overrides])}")
     print(f"steps to val acc {PAPER_THRESHOLD} (wall s to that step); Adam L2 {l2}; init {args.init}; arms share "
           f"init, split and batch order")
     print(f"{'seed':>4}  {'init':16}  {'none':>16}  {'ma':>16}  {'ema':>16}  {'none/ma':>8}  {'none/ema':>8}")

@@ -43,7 +43,8 @@ class TaskSpec:
       exact_match    share of examples whose every answer token is right
       position_acc   accuracy of the i-th answer token, as `acc/position_<i>`
       perplexity     exp(loss), language models
-      bits_per_byte  loss / ln 2 / bytes_per_token, language models
+      bits_per_byte  the loss summed over the targets / ln 2 / the bytes of text they stand for (`token_bytes` of
+                     each target id, or `bytes_per_token` each), language models
     decoding: `teacher_forced` reads the answer from one forward of the whole sequence; `greedy` generates it
       token by token from the prompt (each answer token fed back), so a wrong digit is not corrected by the input.
     group_names: names of the values of `Batch.group` (per-group accuracy `acc/<name>` when there are several).
@@ -58,7 +59,8 @@ class TaskSpec:
     metrics: tuple[str, ...] = ("acc",)
     decoding: str = "teacher_forced"
     answer_length: int = 1  # answer tokens per example, the same positions in every row (for position_acc)
-    bytes_per_token: float = 1.0  # for bits_per_byte
+    bytes_per_token: float = 1.0  # for bits_per_byte, when every id stands for as many bytes
+    token_bytes: tuple[int, ...] | None = None  # for bits_per_byte: the bytes of text each id stands for (sub-words)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in ANSWER_METRICS]

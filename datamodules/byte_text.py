@@ -18,6 +18,9 @@ evaluation window shares text with the training stream (only the split boundary'
     targets   b_{s+1} .. b_{s+seq_len}      (window[1:]: target j is predicted from inputs <= j)
     loss_mask / answer_mask all ones / True, group 0 (every byte counts)
 
+A run that would pass more than `warn_passes` times over the train split says so at the start of training
+(datamodules.passes): at the hybrid-LM study's seed size this text is read ~117 times (use `data=lm`).
+
 Training: each step `batch_size` windows at uniformly random starts in the train split, step k's starts a pure
 function of (shuffle_seed, k), so a resumed run sees exactly the batches an uninterrupted one would; the bytes sit on
 the training device (moved once in `setup`) and windows are gathered by index arithmetic.
@@ -31,7 +34,6 @@ import hashlib
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import torch
@@ -40,32 +42,18 @@ from torch import Tensor
 from core.errors import ConfigError, require
 from datamodules.batch import Batch, TaskSpec
 from datamodules.byte_tokenizer import VOCAB_SIZE, decode
+from datamodules.corpora import BUNDLED, CorpusInfo, bundled_text
 from datamodules.digit_addition import is_int, mix_seed
 from datamodules.in_memory import InMemoryTask
 from datamodules.loaders import generator_on, take
+from datamodules.passes import warn_at_fit
 
-BUNDLED = "pydoc_data"
 SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class CorpusInfo:
-    """Which text a run trained on."""
-
-    name: str  # "pydoc_data", or the file's path as given
-    size_bytes: int
-    sha256: str  # first 16 hex digits of the sha256 of the bytes
-    python_version: str | None  # the Python whose pydoc_data it is (the text differs between versions); None for a file
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def bundled_corpus() -> bytes:
     """The text of Python's documentation topics (`pydoc_data.topics`), values in sorted-key order, UTF-8."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[key] for key in sorted(topics)).encode("utf-8")
+    return bundled_text().encode("utf-8")
 
 
 def read_corpus(path: str | os.PathLike | None) -> tuple[bytes, CorpusInfo]:
@@ -81,7 +69,7 @@ def read_corpus(path: str | os.PathLike | None) -> tuple[bytes, CorpusInfo]:
             raise ConfigError("path", str(path), f"null (the bundled {BUNDLED} text) or a readable file "
                                                   f"({err.strerror or type(err).__name__})") from None
         name, version = str(path), None
-    return data, CorpusInfo(name, len(data), hashlib.sha256(data).hexdigest()[:16], version)
+    return data, CorpusInfo(name, len(data), hashlib.sha256(data).hexdigest()[:16], version, tokenizer="bytes")
 
 
 def evenly_spaced_starts(size: int, length: int, count: int, device: torch.device | None = None) -> Tensor:
@@ -122,11 +110,14 @@ class ByteText(InMemoryTask):
         val_fraction: float = 0.1,
         test_fraction: float = 0.0,
         shuffle_seed: int = 0,
+        warn_passes: float = 4.0,
     ):
         super().__init__()
         self._validate(path, seq_len, batch_size, eval_windows, eval_batch_size, val_fraction, test_fraction,
                        shuffle_seed)
-        self.seq_len, self.eval_windows = seq_len, eval_windows
+        require(isinstance(warn_passes, (int, float)) and not isinstance(warn_passes, bool) and warn_passes > 0,
+                "warn_passes", warn_passes, "a positive number of passes over the train split")
+        self.seq_len, self.eval_windows, self.warn_passes = seq_len, eval_windows, float(warn_passes)
         self.batch_size, self.eval_batch_size, self.shuffle_seed = batch_size, eval_batch_size, shuffle_seed
         data, self.info = read_corpus(path)
         self.corpus = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
@@ -176,6 +167,8 @@ class ByteText(InMemoryTask):
         """Move the corpus and the fixed evaluation windows to the training device once."""
         super().setup(stage)
         self.corpus = self.corpus.to(next(iter(self.splits.values())).inputs.device)
+        if stage in (None, "fit"):
+            warn_at_fit(self.trainer, len(self.split_bytes("train")), self.batch_size, self.seq_len, self.warn_passes)
 
     def split_bytes(self, split: str) -> Tensor:
         """(bytes,) uint8: the split's part of the corpus (a view, on the corpus's device)."""

@@ -61,11 +61,13 @@ def metric_layout(spec: TaskSpec) -> tuple[tuple[str, ...], int]:
     return groups, spec.answer_length if "position_acc" in spec.metrics else 0
 
 
-def answer_sums(loss: Tensor, logits: Tensor, batch: Batch, n_groups: int, n_positions: int) -> Tensor:
+def answer_sums(loss: Tensor, logits: Tensor, batch: Batch, n_groups: int, n_positions: int,
+                token_bytes: Tensor | None = None) -> Tensor:
     """The sums every answer metric is a ratio of, for one batch, as one float64 vector (pure tensor code: an
     ensemble computes it per member under vmap). Layout: loss x loss weight, loss weight, right answer tokens,
     answer tokens, exact answers, examples, then per group right tokens, tokens, exact answers, examples
-    (`n_groups` each; none when 0), then right answers per answer position (`n_positions`)."""
+    (`n_groups` each; none when 0), then right answers per answer position (`n_positions`), then, when the task
+    gives `token_bytes` (bytes of text per id, `token_bytes_of`), the bytes the loss-weighted targets stand for."""
     correct, mask = answer_correct(logits.float(), batch)
     per_example, answer_len = correct.sum(1).double(), mask.sum(1).double()
     exact = exact_answers(correct, mask).double()
@@ -77,7 +79,14 @@ def answer_sums(loss: Tensor, logits: Tensor, batch: Batch, n_groups: int, n_pos
         parts += [in_group.T @ per_example, in_group.T @ answer_len, in_group.T @ exact, in_group.sum(0)]
     if n_positions:  # the i-th answer token of each example (the same columns in every row)
         parts.append(correct[:, answer_columns(batch.answer_mask)].sum(0).double())
+    if token_bytes is not None:
+        parts.append((token_bytes[batch.targets].double() * batch.loss_mask.double()).sum().reshape(1))
     return torch.cat(parts)
+
+
+def token_bytes_of(spec: TaskSpec, device: torch.device | str | None = None) -> Tensor | None:
+    """(vocab,) float64: bytes of text per id for tasks that declare them (sub-word LMs), else None."""
+    return None if spec.token_bytes is None else torch.tensor(spec.token_bytes, dtype=torch.float64, device=device)
 
 
 def metrics_from_sums(sums: Tensor, spec: TaskSpec, group_names: tuple[str, ...], n_positions: int) -> dict[str, Tensor]:
@@ -85,7 +94,7 @@ def metrics_from_sums(sums: Tensor, spec: TaskSpec, group_names: tuple[str, ...]
     loss_sum, loss_weight, right, tokens, exact, examples = sums[:6]
     g = len(group_names)
     group_right, group_tokens, group_exact, group_examples = sums[6:6 + 4 * g].reshape(4, g)
-    position_right = sums[6 + 4 * g:]
+    position_right = sums[6 + 4 * g:6 + 4 * g + n_positions]
     loss = loss_sum / loss_weight
     values = {"loss": loss}
     if "acc" in spec.metrics:
@@ -101,7 +110,8 @@ def metrics_from_sums(sums: Tensor, spec: TaskSpec, group_names: tuple[str, ...]
     if "perplexity" in spec.metrics:
         values["perplexity"] = loss.exp()
     if "bits_per_byte" in spec.metrics:
-        values["bits_per_byte"] = loss / math.log(2) / spec.bytes_per_token
+        covered = sums[-1] if spec.token_bytes is not None else loss_weight * spec.bytes_per_token
+        values["bits_per_byte"] = loss_sum / math.log(2) / covered
     return {name: value.float() for name, value in values.items()}
 
 
@@ -123,11 +133,12 @@ class AnswerMetrics(Metric):
         super().__init__()
         self.spec = spec
         self.group_names, self.n_positions = metric_layout(spec)
-        size = 6 + 4 * len(self.group_names) + self.n_positions
+        self.register_buffer("token_bytes", token_bytes_of(spec), persistent=False)
+        size = 6 + 4 * len(self.group_names) + self.n_positions + (spec.token_bytes is not None)
         self.add_state("sums", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, loss: Tensor, logits: Tensor, batch: Batch) -> None:
-        self.sums += answer_sums(loss, logits, batch, len(self.group_names), self.n_positions)
+        self.sums += answer_sums(loss, logits, batch, len(self.group_names), self.n_positions, self.token_bytes)
 
     def compute(self) -> dict[str, Tensor]:
         return metrics_from_sums(self.sums, self.spec, self.group_names, self.n_positions)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from core.errors import require
 from datamodules.batch import Batch, TaskSpec
-from lightning_modules.answers import answer_sums, metric_layout, metrics_from_sums, task_loss
+from lightning_modules.answers import answer_sums, metric_layout, metrics_from_sums, task_loss, token_bytes_of
 from lightning_modules.cadence import is_log_step
 from lightning_modules.optimization import AdamWRecipe
 from lightning_modules.param_groups import split_by_decay
@@ -153,10 +153,11 @@ class EnsembleModule(pl.LightningModule):
     def eval_sums(self, batch: Batch) -> Tensor:
         """(E, K): per member the sums its answer metrics are ratios of (lightning_modules.answers.answer_sums)."""
         n_groups, n_positions = len(self.groups), self.n_positions
+        token_bytes = token_bytes_of(self.spec, batch.targets.device)
 
         def member(row: Tensor, batch: Batch) -> Tensor:
             loss, logits = task_loss(self.stacked.call(row, batch.inputs), batch)
-            return answer_sums(loss, logits, batch, n_groups, n_positions)
+            return answer_sums(loss, logits, batch, n_groups, n_positions, token_bytes)
 
         return self.stacked.vmap(member, batch, in_dims=(None,))
 

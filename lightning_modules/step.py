@@ -87,10 +87,11 @@ def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, s
                       options: tuple[str, ...] | None = None) -> dict[str, Tensor]:
     """Gate values and routing statistics of the training batch, under the metric names of docs/architecture.md;
     on multi-op data also head usage per operation (`routing/usage/layer_<i>/<op>/head_<j>`); for mixtures of
-    experts the share of token assignments dropped over capacity (`moe/dropped/<where>`) and the experts' usage
-    (`routing/usage/...`: their router probabilities). Where a router makes hard choices (aux `expert_index`), the
-    share of assignments each option got: `routing/share/layer_<i>/<option>`, options named by the net's
-    `routing_options` (a hybrid LM's `gdn` / `softmax`), else `head_<j>`."""
+    experts the share of token assignments dropped over capacity (`moe/dropped/<where>`), for sparse token routing
+    the share of the batch's tokens routed to softmax beyond its capacity (`routing/overflow/layer_<i>`), and the
+    experts' usage (`routing/usage/...`: their router probabilities). Where a router makes hard choices (aux
+    `expert_index`), the share of assignments each option got: `routing/share/layer_<i>/<option>`, options named by
+    the net's `routing_options` (a hybrid LM's `gdn` / `softmax`), else `head_<j>`."""
     metrics: dict[str, Tensor] = {}
     if output.gates is not None:
         g = output.gates.reshape(-1, output.gates.shape[-1]).mean(0)  # (n_layers,)
@@ -114,4 +115,6 @@ def structure_metrics(output: NetOutput, group: Tensor, group_names: dict[int, s
             names = options if options and len(options) == n else [f"head_{j}" for j in range(n)]
             metrics |= {f"routing/share/{layer}/{name}": v for name, v in zip(names, share)}
     metrics |= {f"moe/dropped/{key.removesuffix('/dropped')}": value for key, value in output.named("dropped").items()}
+    metrics |= {f"routing/overflow/{router_layer(key, i)}": value
+                for i, (key, value) in enumerate(output.named("overflow").items())}
     return metrics

@@ -167,3 +167,18 @@ class EagerReplayStep(CapturedStep):
             self.replays += 1
 
         return replay
+
+
+def task_spec(data_cfg, cache_dir) -> TaskSpec:
+    """The task contract of a composed `data` config, as a net is built from it. The hybrid LM's seed-size corpus
+    (data.corpus=package) is an optional install that `make setup` leaves out, so here its data reads the bundled text
+    instead, with the same tokenizer settings (a BPE of that text has fewer than `vocab_size` tokens); the tokenizer
+    and token files go to `cache_dir`, not the user's cache."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if OmegaConf.select(data_cfg, "corpus") is not None:
+        data_cfg = OmegaConf.merge(data_cfg, {"cache_dir": str(cache_dir)})
+        if data_cfg.corpus == "package":
+            data_cfg.corpus = "bundled"
+    return instantiate(data_cfg).spec

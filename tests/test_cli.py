@@ -20,6 +20,7 @@ def test_run_with_overrides_writes_the_run_folder(tmp_path):
 def test_help_and_cfg_job(tmp_path):
     help_text = launch_cli(["--help"], cwd=tmp_path)
     assert help_text.returncode == 0 and "experiment: " in help_text.stdout and "mlp_grok" in help_text.stdout
+    assert "\nsize: cpu, source\n" in help_text.stdout and "\nsize/transformer_grok: cpu\n" in help_text.stdout
     job = launch_cli(["--cfg", "job", "experiment=nanda_grok"], cwd=tmp_path)
     assert job.returncode == 0 and "activation: relu" in job.stdout and "p: 113" in job.stdout
 
@@ -70,6 +71,19 @@ def test_multirun_without_a_sweep_dir_goes_under_runs_experiment(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     sweeps = list((tmp_path / "runs" / "least_action").glob("multirun_*"))
     assert len(sweeps) == 1 and sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_a_multirun_over_experiments_goes_under_a_folder_named_for_them(tmp_path):
+    """Hydra names the sweep folder once, from the config composed without the swept values: a multirun over
+    experiments used to land under the default experiment's folder (runs/mlp_grok/multirun_*)."""
+    result = launch_cli(["-m", "experiment=least_action,least_action_gumbel", "model.hidden_dim=16", "data.p=7",
+                         "trainer.max_steps=2", "trainer.val_check_interval=2", "threads=1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["least_action+least_action_gumbel"]
+    (sweep,) = (tmp_path / "runs" / "least_action+least_action_gumbel").glob("multirun_*")
+    summaries = [read_json(sweep / str(job) / "summary.json") for job in (0, 1)]
+    assert [s["experiment"] for s in summaries] == ["least_action", "least_action_gumbel"]
+    assert all(s["status"] == "completed" and s["steps"] == 2 for s in summaries)
 
 
 def test_slurm_launcher_config_composes_without_a_cluster(tmp_path):

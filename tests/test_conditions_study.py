@@ -19,5 +19,5 @@ def test_each_run_matches_the_seed_table(run, tmp_path):
     assert cfg.data.batch_size == (batch or -1)
     assert cfg.data.loss_on == ("answer" if answer_only else "all")
     assert (cfg.data.test_fraction > 0) == three_way and cfg.data.train_fraction == 0.5
-    small = compose_config(["experiment=conditions_study_cpu", f"conditions=r{run}"], output_dir=tmp_path)
+    small = compose_config(["experiment=conditions_study", "size=cpu", f"conditions=r{run}"], output_dir=tmp_path)
     assert small.data.p == 23 and small.model.n_layers == layers and small.data.batch_size == (32 if batch else -1)

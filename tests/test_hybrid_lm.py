@@ -10,15 +10,18 @@ import io
 import pytest
 from matplotlib import colors
 
+from runtime.config.compose import compose_config
 from tests.conftest import final_routing, metrics_rows, record_figures, run_quietly, token_routing_of_final_weights
 
 # the CPU presets shrunk further: windows of 64 bytes, d_model 64, two layers
 TINY = ["data.seq_len=64", "data.batch_size=16", "data.eval_windows=32", "model.d_model=64", "model.n_heads=2",
         "optimizer.warmup_steps=10", "trainer.val_check_interval=50", "trainer.log_every_n_steps=10", "threads=1",
         "callbacks.progress.refresh_seconds=1000", "callbacks.checkpoint.every_n_train_steps=100000"]
-STATIC = ["experiment=hybrid_static_cpu", "model.layers=[gdn,attn]", "optimizer.lr=3e-3", "trainer.max_steps=150"]
-DYNAMIC = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=sparse",
-           "trainer.max_steps=40", "callbacks.token_routing.every_n_steps=20"]
+STATIC = ["experiment=hybrid_static", "size=cpu", "model.layers=[gdn,attn]", "optimizer.lr=3e-3",
+          "trainer.max_steps=150"]
+DYNAMIC = ["experiment=hybrid_dynamic", "size=cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=sparse",
+           "trainer.max_steps=40", "callbacks.token_routing.every_n_steps=20",
+           "callbacks.throughput.peak_tflops=0.001"]  # a peak for the MFU, which a CPU does not have by itself
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,39 @@ def test_a_short_cpu_run_predicts_bytes_far_below_their_unigram_entropy(runs):
     assert summary["corpus"]["name"] == "pydoc_data" and summary["corpus"]["size_bytes"] > 100_000
     speed = summary["speed"]
     assert speed["train_tokens"] == 150 * 16 * 64 and speed["train_tokens_per_s"] > 0 and speed["val_tokens_per_s"] > 0
+    # model FLOPs: the net's own count of a training step per token (3 forwards), times tokens/s; on a CPU no MFU
+    assert speed["model_flops_per_token"] == pytest.approx(model_flops_per_token([*STATIC, *TINY], 64), rel=1e-12)
+    assert speed["train_model_flops_per_s"] == pytest.approx(
+        speed["model_flops_per_token"] * speed["train_tokens_per_s"], rel=1e-9)
+    assert not {"mfu", "peak", "peak_flops_per_s"} & set(speed)
+
+
+def model_flops_per_token(overrides, seq_len):
+    """A training step's FLOPs per token of the net these overrides build, counted afresh (nets/parts/flops.py)."""
+    from nets.parts.flops import flops_per_token
+    from runtime.config.build import build, build_net
+    from runtime.config.compose import compose_config
+
+    cfg = compose_config(overrides)
+    return flops_per_token(build_net(cfg.model, build(cfg.data, "data").spec), seq_len)
+
+
+def test_a_routed_run_with_a_given_peak_reports_its_mfu_and_the_overflow_of_its_capacity(runs):
+    """Sparse routing's count is its capacity's (whatever the routing); MFU = model FLOP/s over the given peak
+    (0.001 TFLOP/s); metrics.csv has them and the share of tokens over softmax's capacity on logging steps."""
+    summary, run_dir, _ = runs["dynamic"]
+    speed = summary["speed"]
+    assert speed["model_flops_per_token"] == pytest.approx(model_flops_per_token([*DYNAMIC, *TINY], 64), rel=1e-12)
+    assert speed["peak"] == "given (peak_tflops)" and speed["peak_flops_per_s"] == 1e9
+    assert speed["mfu"] == pytest.approx(speed["train_model_flops_per_s"] / 1e9, rel=1e-12)
+    assert speed["train_model_flops_per_s"] == pytest.approx(
+        speed["model_flops_per_token"] * speed["train_tokens_per_s"], rel=1e-9)
+    rows = metrics_rows(run_dir)
+    logged = lambda key: [float(row[key]) for row in rows if row.get(key)]  # noqa: E731
+    tflops, mfu = logged("speed/train_tflops"), logged("speed/mfu")
+    assert len(tflops) == len(mfu) == 4 and all(m == pytest.approx(t * 1e3, rel=1e-5) for t, m in zip(tflops, mfu))
+    overflow = logged("routing/overflow/layer_1")
+    assert len(overflow) == 4 and all(0 <= value <= 1 for value in overflow)
 
 
 def test_a_routed_run_logs_its_routing_and_draws_it(runs):
@@ -164,15 +200,42 @@ def test_the_bench_hands_the_users_overrides_to_every_arm():
 
     user = ["model.gdn.kernel=torch", "model.d_model=32", "model.n_heads=2", "model.gdn.conv_size=2"]
     for layers, mode in ((STATIC, "dense"), (["gdn", "routed", "attn"], "sparse")):
-        net, cfg = arm_net("hybrid_dynamic_cpu", user, arm_settings(layers, mode), "cpu", "natural")
+        net, cfg = arm_net("hybrid_dynamic", ["size=cpu", *user], arm_settings(layers, mode), "cpu", "natural")
         gdn_layers = [m for m in net.modules() if isinstance(m, GatedDeltaNet)]
         assert len(gdn_layers) == layers.count("gdn") + layers.count("routed")
         assert all(m.kernel == "torch" and not m.runs_fla and m.q_conv.conv.kernel_size == (2,) for m in gdn_layers)
         assert (cfg.model.d_model, list(cfg.model.layers), cfg.model.routing_mode) == (32, layers, mode)
-    timed = arm_config("hybrid_dynamic_cpu", ["model.d_model=32"], arm_settings(STATIC, "dense", "fla"))
+    timed = arm_config("hybrid_dynamic", ["size=cpu", "model.d_model=32"], arm_settings(STATIC, "dense", "fla"))
     assert timed.model.gdn.kernel == "fla" and timed.model.d_model == 32
     with pytest.raises(SystemExit, match=r"^--set model.routing_mode=sparse is not allowed: the bench times dense"):
         check_overrides(["model.d_model=32", "model.routing_mode=sparse"], kernels=False)
     with pytest.raises(SystemExit, match=r"^--set model.gdn.kernel=torch is not allowed: --kernels times"):
         check_overrides(["model.gdn.kernel=torch"], kernels=True)
     check_overrides(["model.gdn.kernel=torch", "model.layers=[gdn,routed]"], kernels=False)  # these reach the arms
+
+
+def test_the_bench_gives_sparse_routing_a_capacity_for_the_share_it_forces():
+    """1.25 x the forced share of each block (factor 2.5 x share); the preset's for the routers' own decisions;
+    the user's when given; dense arms have none."""
+    from bench.hybrid_routing import arm_config, arm_settings
+
+    routed = ["gdn", "routed", "attn"]
+    assert arm_settings(routed, "sparse", share="0.25")["model.routing_capacity_factor"] == "0.625"
+    assert arm_settings(routed, "sparse", share="0.1")["model.routing_capacity_factor"] == "0.25"
+    assert "model.routing_capacity_factor" not in arm_settings(routed, "sparse", share="natural")
+    assert "model.routing_capacity_factor" not in arm_settings(routed, "dense", share="0.25")
+    user = ("model.routing_capacity_factor=2",)
+    assert "model.routing_capacity_factor" not in arm_settings(routed, "sparse", share="0.25", overrides=user)
+    cfg = arm_config("hybrid_dynamic", ["size=cpu", *user],
+                     arm_settings(routed, "sparse", share="0.25", overrides=user))
+    assert cfg.model.routing_capacity_factor == 2
+
+
+def test_the_bench_builds_the_vocabulary_the_preset_trains_with():
+    """At the seed's size the net's embedding is the BPE's (its width is a large share of the FLOPs); at CPU size
+    bytes. Read from the config, so the bench needs no corpus."""
+    from bench.hybrid_routing import vocabulary
+
+    assert vocabulary(compose_config(["experiment=hybrid_dynamic"])) == 8192
+    assert vocabulary(compose_config(["experiment=hybrid_dynamic", "data.vocab_size=4096"])) == 4096
+    assert vocabulary(compose_config(["experiment=hybrid_dynamic", "size=cpu"])) == 256

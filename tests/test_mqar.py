@@ -1,4 +1,4 @@
-"""Multi-query associative recall end to end on CPU, the preset `experiment=mqar_cpu`: 32 key-value pairs from 128
+"""Multi-query associative recall end to end on CPU, the preset `experiment=mqar`: 32 key-value pairs from 128
 keys, one layer of d_model 64 with 4 heads of width 16, the same short convolution before either mixer. Softmax
 attention recalls them; a Gated DeltaNet of the same size, whose per-head state has 16 key dimensions for 32 pairs,
 trained the same way for the same steps, does not (measured after 500 steps: softmax val acc 0.995, GDN 0.014, where
@@ -11,7 +11,7 @@ STEPS = 500
 
 
 def train(tmp_path, layers):
-    summary, printed = run_quietly(["experiment=mqar_cpu", f"model.layers=[{layers}]", f"trainer.max_steps={STEPS}",
+    summary, printed = run_quietly(["experiment=mqar", f"model.layers=[{layers}]", f"trainer.max_steps={STEPS}",
                                     "threads=1", "callbacks.progress.refresh_seconds=1000",
                                     "callbacks.checkpoint.every_n_train_steps=100000"], tmp_path / layers)
     assert summary["status"] == "completed", summary.get("error")
@@ -32,7 +32,7 @@ def test_softmax_attention_recalls_32_pairs_where_a_same_size_gated_deltanet_doe
 
 
 # the routed net of the preset shrunk to a run of seconds: 4 pairs of 32 tokens, d_model 32, 20 steps
-ROUTED_TINY = ["experiment=mqar_cpu", "model.layers=[gdn,routed]", "data.vocab_size=32", "data.n_pairs=4",
+ROUTED_TINY = ["experiment=mqar", "model.layers=[gdn,routed]", "data.vocab_size=32", "data.n_pairs=4",
                "data.n_train=256", "data.n_val=64", "model.d_model=32", "model.n_heads=2", "model.d_mlp=32",
                "trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.log_every_n_steps=10",
                "callbacks.token_routing.every_n_steps=10", "threads=1", "callbacks.progress.refresh_seconds=1000",

@@ -67,7 +67,7 @@ def test_every_parameter_of_the_nanda_net_decays():
 
 
 def test_cpu_preset_is_the_faithful_one_on_a_smaller_task():
-    full, small = compose_config(["experiment=nanda_grok"]), compose_config(["experiment=nanda_grok_cpu"])
+    full, small = compose_config(["experiment=nanda_grok"]), compose_config(["experiment=nanda_grok", "size=cpu"])
     assert small.model == full.model
     # decay_steps follows max_steps (and goes unused: the schedule is constant)
     assert {**small.optimizer, "decay_steps": None} == {**full.optimizer, "decay_steps": None}

@@ -146,25 +146,23 @@ LM = ["data.seq_len=32", "data.batch_size=4", "model.d_model=32", "model.n_heads
 PRESETS = {
     "mlp, spectral penalty": ["experiment=mlp_grok", "data.p=11", "regularizer=spectral"],
     "mlp, mini-batches": ["experiment=mlp_grok", "data.p=11", "data.batch_size=30"],  # 2 per epoch: one starts
-    "transformer, grokfast ma": ["experiment=transformer_grok_cpu", "data.p=11", "grokfast=ma",
+    "transformer, grokfast ma": ["experiment=transformer_grok", "size=cpu", "data.p=11", "grokfast=ma",
                                  "callbacks.grokfast.window_size=3"],
-    "routed transformer, entropy": ["experiment=routed_cpu", "data.p=11", "regularizer=entropy"],
+    "routed transformer, entropy": ["experiment=routed_none", "size=cpu", "data.p=11", "regularizer=entropy"],
     "moe transformer, balance": ["experiment=moe_expressivity_moe", "data.batch_size=32", "grokfast=ema"],
     "moe transformer, capacity": ["experiment=moe_expressivity_moe", "data.batch_size=32",
                                   "model.ffn.capacity_factor=1.0"],
     "digit addition, fresh numbers": ["experiment=add7", "data.sample_fresh=true", "data.batch_size=32"],
-    "sequence format": ["experiment=conditions_study_cpu", "data.p=11", "mini_batch_size=16"],
-    "hybrid lm, bf16 with clipping": ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]",
+    "sequence format": ["experiment=conditions_study", "size=cpu", "data.p=11", "mini_batch_size=16"],
+    "hybrid lm, bf16 with clipping": ["experiment=hybrid_dynamic", "size=cpu", "model.layers=[gdn,routed,attn]",
                                       "trainer.precision=bf16-mixed", *LM],
-    "hybrid lm, sparse routing": ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]",
+    "hybrid lm, sparse routing": ["experiment=hybrid_dynamic", "size=cpu", "model.layers=[gdn,routed,attn]",
                                   "model.routing_mode=sparse", *LM],
 }
 # what a step may do of the above, with the reason: (what, where) -> why
 INHERENT = {
     ("tolist()", "nets/parts/moe.py"): "the grouped dispatch's split sizes: how many tokens each expert takes is data, "
                                  "and the shapes of its matmuls are read on the host",
-    ("_local_scalar_dense", "nets/parts/routed_mixer.py"): "sparse routing's padded number of softmax queries: how many "
-                                                     "tokens chose softmax is data, the attention's shape",
     ("index with a boolean mask", "datamodules/digit_addition.py"): "fresh numbers are drawn by rejection on the "
         "host (host tensors: nothing waits for a device); the batch then goes over without blocking",
 }
@@ -172,7 +170,7 @@ INHERENT = {
 
 # presets that must show one of them
 SEEN = {"moe transformer, balance": "tolist()", "moe transformer, capacity": "tolist()",
-        "hybrid lm, sparse routing": "_local_scalar_dense", "digit addition, fresh numbers": "index with a boolean mask"}
+        "digit addition, fresh numbers": "index with a boolean mask"}
 
 
 def inherent(what: str, where: str) -> bool:

@@ -11,9 +11,13 @@ caller. Two forms with one convention (that of flash-linear-attention's `chunk_g
 in float32 (float64 for float64 inputs), like the decays: it sums over the whole sequence.
 
 `recurrent_gated_delta_rule` is the reference, a loop over t; `chunk_gated_delta_rule` is the chunked (WY / UT
-transform) algorithm used for training: matmuls over chunks of C positions, a loop only over chunks.
+transform) algorithm used for training: matmuls over chunks of C positions, a loop only over chunks;
+`compiled_chunk_gated_delta_rule` runs the chunked form under torch.compile (what a GPU runs where
+flash-linear-attention's kernel cannot), with the uncompiled form as its reference.
 """
 from __future__ import annotations
+
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,19 @@ def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, initial_sta
     if initial_state is not None:
         state = (B, H, K, v.shape[-1])
         require(initial_state.shape == state, "initial_state", tuple(initial_state.shape), f"(B, H, K, V) = {state}")
+
+
+def pad_to_chunks(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, chunk_size: int,
+                  fresh: bool = False) -> tuple[Tensor, ...]:
+    """q, k, v, g, beta padded along T to a whole number of chunks with zeros: padded positions have k = 0 and
+    beta = 0 (they write nothing) and g = 0 (they decay nothing), so the outputs before them are unchanged.
+    `fresh`: pad even by nothing (a copy), so that no result is a view of another tensor."""
+    pad = -q.shape[1] % chunk_size
+    if not pad and not fresh:
+        return q, k, v, g, beta
+    q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
+    g, beta = (F.pad(x, (0, 0, 0, pad)) for x in (g, beta))
+    return q, k, v, g, beta
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -80,17 +97,16 @@ def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Ten
 
     Every decay factor is exp of a difference G_i - G_j <= 0 (j <= i), so nothing overflows. Matmuls run in the
     input dtype; decays, the triangular solve and the carried state in float32 (float64 for float64 inputs).
-    T not a multiple of C is padded with g = 0, beta = 0, k = 0 (padded positions write nothing, decay nothing)."""
+    T not a multiple of C is padded with g = 0, beta = 0, k = 0 (padded positions write nothing, decay nothing).
+    Without an initial state the first chunk's products with the (zero) state are skipped, and the state after the
+    last chunk is computed only when it is asked for (`chunk_rule_flops` counts what runs)."""
     _check(q, k, v, g, beta, initial_state)
     require(isinstance(chunk_size, int) and chunk_size >= 1, "chunk_size", chunk_size, "an integer >= 1")
     B, T, H, K = q.shape
     V, C, dtype, acc = v.shape[-1], chunk_size, q.dtype, _acc_dtype(q.dtype)
     scale = K ** -0.5 if scale is None else scale
 
-    pad = -T % C
-    if pad:  # positions T..T+pad-1: zero q, k, v, g, beta
-        q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
-        g, beta = (F.pad(x, (0, 0, 0, pad)) for x in (g, beta))
+    q, k, v, g, beta = pad_to_chunks(q, k, v, g, beta, C)
     chunks = "b (n c) h d -> b h n c d"
     q, k, v = (rearrange(x, chunks, c=C) for x in (q, k, v))                       # (B, H, N, C, K|V)
     g, beta = (rearrange(x, "b (n c) h -> b h n c", c=C) for x in (g, beta))        # (B, H, N, C)
@@ -113,12 +129,53 @@ def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Ten
     q = q * scale
     scores = einsum(q, k, "b h n i d, b h n j d -> b h n i j") * ratio.to(dtype)   # zero above the diagonal
     q_decayed, k_to_end = q * gamma.to(dtype), k * to_end.to(dtype)
-    S = q.new_zeros(B, H, K, V, dtype=acc) if initial_state is None else initial_state.to(acc)
-    outputs = []
-    for n in range(q.shape[2]):
-        S_in = S.to(dtype)
-        U = u[:, :, n] - w[:, :, n] @ S_in                                          # (B, H, C, V)
-        outputs.append(q_decayed[:, :, n] @ S_in + scores[:, :, n] @ U)             # (B, H, C, V)
-        S = G[:, :, n, -1, None, None].exp() * S + (k_to_end[:, :, n].transpose(-1, -2) @ U).to(acc)
+    S = None if initial_state is None else initial_state.to(acc)  # None: a zero state, whose products are skipped
+    outputs, N = [], q.shape[2]
+    for n in range(N):
+        if S is None:
+            U = u[:, :, n]                                                          # (B, H, C, V)
+            outputs.append(scores[:, :, n] @ U)
+        else:
+            S_in = S.to(dtype)
+            U = u[:, :, n] - w[:, :, n] @ S_in
+            outputs.append(q_decayed[:, :, n] @ S_in + scores[:, :, n] @ U)
+        if n < N - 1 or output_final_state:  # the state after the last chunk is only needed when asked for
+            written = (k_to_end[:, :, n].transpose(-1, -2) @ U).to(acc)             # (B, H, K, V)
+            S = written if S is None else G[:, :, n, -1, None, None].exp() * S + written
     o = rearrange(torch.stack(outputs, dim=2), "b h n c v -> b (n c) h v")[:, :T]
     return o.to(v.dtype), S if output_final_state else None
+
+
+def chunk_rule_flops(seq_len: int, n_heads: int, key_dim: int, value_dim: int, chunk_size: int) -> int:
+    """Matrix-product FLOPs (2 per multiply-add) of `chunk_gated_delta_rule` on one sequence of `seq_len` positions
+    with chunks of `chunk_size`, as a layer runs it: no initial state, no final state. Per head and chunk: k_iᵀ k_j
+    and the scores (2 C² K each), scores @ U (2 C² V); for every chunk after the first the state's products w S and
+    q S (2 C K V each); the state written after every chunk but the last (2 C K V). The triangular solve and the
+    elementwise decays are not matrix products and are left out (a few per cent of a layer's FLOPs)."""
+    C, K, V = chunk_size, key_dim, value_dim
+    N = -(-seq_len // C)  # chunks, the last one padded
+    per_head = N * (4 * C * C * K + 2 * C * C * V) + (N - 1) * (4 * C * K * V + 2 * C * K * V)
+    return n_heads * per_head
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for the compiled form (tests count recompiles with "eager")
+
+
+@cache
+def _compiled_rule(backend: str):
+    return torch.compile(chunk_gated_delta_rule, backend=backend)
+
+
+def compiled_chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, chunk_size: int = 64,
+                                    scale: float | None = None) -> Tensor:
+    """`chunk_gated_delta_rule` under torch.compile, as a layer's forward runs it (no initial or final state): the
+    output o (B, T, H, V). The inputs are padded to whole chunks before they reach the compiled code, so every
+    length with the same number of chunks shares one compiled graph (the loop over chunks is unrolled: a graph per
+    number of chunks); the batch size turns symbolic when a second one is seen (torch.compile's automatic dynamic
+    shapes), so training, evaluation and probes of other batch sizes add a compile or two, not one per step. The
+    compiled code always gets fresh tensors (padded, or copied when no padding is needed): it is compiled apart for
+    views and for tensors of their own, and a length that needs padding would otherwise recompile it."""
+    T = q.shape[1]
+    padded = pad_to_chunks(q, k, v, g, beta, chunk_size, fresh=True)
+    o, _ = _compiled_rule(COMPILE_BACKEND)(*padded, chunk_size, scale)
+    return o[:, :T]

@@ -28,6 +28,7 @@ from core.output import NetOutput
 from nets.parts.attention import SoftmaxAttention
 from nets.parts.block import NORMS, Block, make_norm, normal_init_
 from nets.parts.ffns import GLUFFN
+from nets.parts.flops import module_flops
 from nets.parts.gated_deltanet import GatedDeltaNet
 from nets.parts.routed_mixer import ROUTING_MODES, RoutedMixer
 from nets.parts.token_router import Routing, TokenRouter
@@ -35,6 +36,7 @@ from nets.parts.token_router import Routing, TokenRouter
 LAYER_KINDS = ("gdn", "attn", "routed")
 POSITIONS = ("rotary", "learned", "none")
 ROUTERS = ("shared", "per_layer")
+ROUTING_SETTINGS = {"mode": "routing_mode", "capacity_factor": "routing_capacity_factor", "block_size": "routing_block"}
 PartFactory = Callable[..., nn.Module]
 
 
@@ -69,7 +71,8 @@ class HybridLM(nn.Module):
     unembedding to `num_classes` (see the module docstring).
 
     `gdn`, `attn`, `ffn`: factories of the parts, called with d_model (`attn` also with rotary); a routed layer
-    builds one of each mixer. `routing_mode`: dense | sparse (nets/parts/routed_mixer.py). `temperature`: the routers'
+    builds one of each mixer. `routing_mode`: dense | sparse, `routing_capacity_factor` and `routing_block`: sparse
+    mode's capacity per block of positions (nets/parts/routed_mixer.py). `temperature`: the routers'
     Gumbel temperature (a property, for annealing). Init as the transformer's normal scheme: N(0, init_std^2) for
     every Linear and Embedding (the routers' too: logits near 0, routing near 50/50), zero biases; GDN's A_log and
     dt_bias keep their own init (they are not Linear weights), as do the norms and short convolutions."""
@@ -91,6 +94,8 @@ class HybridLM(nn.Module):
         positions: str = "rotary",
         router: str = "shared",
         routing_mode: str = "dense",
+        routing_capacity_factor: float = 1.25,
+        routing_block: int = 128,
         temperature: float = 1.0,
         tie_weights: bool = False,
         init_std: float = 0.02,
@@ -142,7 +147,13 @@ class HybridLM(nn.Module):
             elif kind == "attn":
                 blocks.append(Block(d_model, part("attn", attn, rotary=rotary), ffn_part, norm))
             else:
-                mixer = RoutedMixer(part("gdn", gdn), part("attn", attn, rotary=rotary), routing_mode)
+                mechanisms = part("gdn", gdn), part("attn", attn, rotary=rotary)
+                try:
+                    mixer = RoutedMixer(*mechanisms, routing_mode, routing_capacity_factor, routing_block)
+                except ConfigError as err:  # the routed mixer's settings are the model's routing_<name>
+                    if err.key not in ROUTING_SETTINGS:
+                        raise
+                    raise ConfigError(ROUTING_SETTINGS[err.key], err.value, err.allowed) from err
                 own = TokenRouter(d_model, 1, temperature=temperature) if router == "per_layer" else None
                 blocks.append(RoutedBlock(d_model, mixer, ffn_part, norm, own))
         self.blocks = nn.ModuleList(blocks)
@@ -194,6 +205,16 @@ class HybridLM(nn.Module):
             if i == 0 and self.router is not None:
                 shared = self.router(self.router_norm(x))  # every routed layer's decisions, from layer 0's output
         return NetOutput(logits=self.unembed(self.ln_final(x)), aux=aux)
+
+    def forward_flops(self, seq_len: int) -> int | None:
+        """Matrix-product FLOPs of a forward on one sequence of seq_len tokens (nets/parts/flops.py): every
+        block's mixer, FFN and router, the shared router and the unembedding (the embeddings are lookups); None when
+        a part cannot count itself (a mixture of experts, whose work follows its routing)."""
+        parts = [self.router, self.unembed]
+        for block in self.blocks:
+            parts += [block.mixer, block.ffn, getattr(block, "router", None)]
+        counts = [module_flops(part, seq_len) for part in parts if part is not None]
+        return None if None in counts else sum(counts)
 
     def input_embedding(self) -> Tensor:
         """(vocab_size, d_model): the token embedding, row i for token id i."""

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from core.errors import require
 from nets.parts.activations import make_activation
+from nets.parts.flops import linear_flops
 from nets.parts.matching import ffn_parameter_count, matched_hidden
 from nets.parts.parallel_heads import ParallelMLPHeads
 
@@ -41,6 +42,10 @@ class MLPFFN(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         return self.down(self.act(self.up(x))), {}
+
+    def forward_flops(self, seq_len: int) -> int:
+        """Matrix-product FLOPs on one sequence (nets/parts/flops.py): up and down at every position."""
+        return linear_flops(self.up, seq_len) + linear_flops(self.down, seq_len)
 
 
 class GLUFFN(nn.Module):
@@ -66,6 +71,10 @@ class GLUFFN(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         return self.down(self.act(self.gate(x)) * self.up(x)), {}
+
+    def forward_flops(self, seq_len: int) -> int:
+        """Matrix-product FLOPs on one sequence (nets/parts/flops.py): gate, up and down at every position."""
+        return sum(linear_flops(layer, seq_len) for layer in (self.gate, self.up, self.down))
 
 
 class RoutedFFN(nn.Module):

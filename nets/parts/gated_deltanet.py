@@ -23,6 +23,13 @@ it runs correctly (decided when the layer is built, nets/kernels/fla_choice.py);
 `kernel=fla` insists on fla and is refused where it cannot run. fla is handed what its own GatedDeltaNet layer hands
 it (`fla_rule`). Under torch.func transforms and inside `nets.kernels.fla_choice.reference_form()` (double backward) every
 setting runs the PyTorch form: fla's Function supports neither.
+
+Where the PyTorch chunked form runs, `compile` decides whether it runs under torch.compile
+(`compiled_chunk_gated_delta_rule`): eager, it launches a dozen small kernels per chunk and layer and the elementwise
+work of its decays goes through memory op by op, which keeps a GPU waiting; compiled, they are fused. `auto` compiles on CUDA inputs, `true` everywhere (a CPU compiles
+too, slowly the first time), `false` never. The uncompiled form stays the reference, and runs wherever compiled code
+cannot: under torch.func transforms, inside `reference_form()` (compiled code has no double backward), and inside
+an enclosing torch.compile (which traces the uncompiled form itself).
 """
 from __future__ import annotations
 
@@ -35,7 +42,9 @@ from torch import Tensor, nn
 
 from core.errors import require
 from nets.kernels import fla_choice
-from nets.kernels.gated_delta import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from nets.kernels.gated_delta import (chunk_gated_delta_rule, chunk_rule_flops, compiled_chunk_gated_delta_rule,
+                                      recurrent_gated_delta_rule)
+from nets.parts.flops import linear_flops, matmul_flops
 from nets.parts.short_conv import ShortConvolution
 
 MODES = ("chunk", "recurrent")
@@ -52,13 +61,14 @@ class GatedDeltaNet(nn.Module):
     numbers); `use_gate`: multiply the normed output by SiLU of an output gate projection; `norm_eps`: the
     RMSNorm's epsilon; `kernel`: auto (flash-linear-attention's where it runs correctly, else PyTorch) | torch |
     fla (the chunked form only; refused where fla cannot run, and on a CPU input). `runs_fla`: the choice made
-    at build (fla on inputs it takes, outside torch.func transforms and `reference_form()`)."""
+    at build (fla on inputs it takes, outside torch.func transforms and `reference_form()`). `compile`: auto (the
+    PyTorch chunked form compiled on CUDA inputs) | true | false (see the module docstring; `compiles`)."""
 
     parameter_roles = {"A_log": "bias", "dt_bias": "bias"}
 
     def __init__(self, d_model: int, n_heads: int = 4, head_dim: int | None = None, expand_v: float = 1.0,
                  conv_size: int = 4, chunk_size: int = 64, mode: str = "chunk", use_gate: bool = True,
-                 norm_eps: float = 1e-5, kernel: str = "auto"):
+                 norm_eps: float = 1e-5, kernel: str = "auto", compile: str | bool = "auto"):
         super().__init__()
         require(isinstance(n_heads, int) and n_heads >= 1, "n_heads", n_heads, "an integer >= 1")
         if head_dim is None:
@@ -76,6 +86,8 @@ class GatedDeltaNet(nn.Module):
         require(use_gate in (True, False), "use_gate", use_gate, "true or false")
         require(isinstance(norm_eps, (int, float)) and norm_eps > 0, "norm_eps", norm_eps, "a positive number")
         require(kernel in KERNELS, "kernel", kernel, " | ".join(KERNELS))
+        require(compile == "auto" or isinstance(compile, bool), "compile", compile,
+                "auto (compiled on CUDA), true or false")
         require(kernel != "fla" or mode == "chunk", "kernel", kernel, "auto or torch with mode=recurrent",
                 related=["mode"])
         refused = fla_choice.fla_refusal() if kernel == "fla" or (kernel == "auto" and mode == "chunk") else None
@@ -85,6 +97,7 @@ class GatedDeltaNet(nn.Module):
         self.kernel, self.runs_fla = kernel, kernel != "torch" and mode == "chunk" and refused is None
         self.n_heads, self.head_dim, self.head_v_dim = n_heads, head_dim, int(head_dim * expand_v)
         self.chunk_size, self.mode, self.use_gate = chunk_size, mode, use_gate
+        self.compile_setting = compile  # not `self.compile`: that is nn.Module's method
         key_dim, value_dim = n_heads * head_dim, n_heads * self.head_v_dim
 
         self.q_proj = nn.Linear(d_model, key_dim, bias=False)
@@ -121,6 +134,17 @@ class GatedDeltaNet(nn.Module):
             return False
         return True
 
+    def compiles_on(self, device_type: str) -> bool:
+        """Whether the PyTorch chunked form runs compiled on this device type (the setting alone)."""
+        return self.mode == "chunk" and (self.compile_setting is True or
+                                         (self.compile_setting == "auto" and device_type == "cuda"))
+
+    def compiles(self, x: Tensor) -> bool:
+        """Whether this forward runs the chunked form compiled: `compiles_on` x's device, and none of the places
+        where only the uncompiled form runs (torch.func transforms, `reference_form()`, an enclosing compile)."""
+        return (self.compiles_on(x.device.type) and not fla_choice.reference_form_required()
+                and not torch.compiler.is_compiling())
+
     def fla_rule(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor) -> Tensor:
         """fla's chunk rule, handed what fla's own GatedDeltaNet layer hands it (fla 0.6.0,
         fla/layers/gated_deltanet.py): q, k (B, T, H, K) and v (B, T, H, V) as the convolutions give them, the raw
@@ -145,7 +169,9 @@ class GatedDeltaNet(nn.Module):
             beta = self.b_proj(x).sigmoid()                                          # (B, T, H)
             acc = torch.promote_types(x.dtype, torch.float32)                       # decays in float32 at least
             g = -self.A_log.to(acc).exp() * F.softplus(self.a_proj(x).to(acc) + self.dt_bias.to(acc))  # (B, T, H)
-            if self.mode == "chunk":  # a sequence shorter than a chunk is one chunk of its length (no padding)
+            if self.compiles(x):  # padded to whole chunks: one compiled graph for every length of as many chunks
+                o = compiled_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.chunk_size)
+            elif self.mode == "chunk":  # a sequence shorter than a chunk is one chunk of its length (no padding)
                 o, _ = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=min(self.chunk_size, x.shape[1]))
             else:
                 o, _ = recurrent_gated_delta_rule(q, k, v, g, beta)
@@ -154,23 +180,43 @@ class GatedDeltaNet(nn.Module):
             o = o * F.silu(rearrange(self.g_proj(x), heads, h=self.n_heads))
         return self.o_proj(rearrange(o, "b t h d -> b t (h d)")), {}
 
+    def forward_flops(self, seq_len: int) -> int:
+        """Matrix-product FLOPs of a forward on one sequence (nets/parts/flops.py): the projections (q, k, v, the
+        decay and write strength, the output gate, the output), the short convolutions and the delta rule, chunked
+        as the uncompiled form chunks (chunks of min(chunk_size, T); the compiled form pads a shorter sequence to
+        one chunk, which is not counted) or, in mode recurrent, two matrix-vector products per position and head
+        (Sᵀk and Sᵀq; the rank-one write k ⊗ delta is an outer product, elementwise work)."""
+        T, H, K, V = seq_len, self.n_heads, self.head_dim, self.head_v_dim
+        projections = sum(linear_flops(layer, T) for layer in (self.q_proj, self.k_proj, self.v_proj, self.a_proj,
+                                                                self.b_proj, self.g_proj, self.o_proj)
+                          if layer is not None)
+        convs = sum(conv.forward_flops(T) for conv in (self.q_conv, self.k_conv, self.v_conv))
+        if self.mode == "chunk":
+            rule = chunk_rule_flops(T, H, K, V, min(self.chunk_size, T))
+        else:
+            rule = 2 * H * T * matmul_flops(1, K, V)
+        return projections + convs + rule
+
 
 def kernel_in_use(net: nn.Module, device_type: str, vmapped: bool = False) -> str | None:
     """One line for the run's start and summary.json: which kernel the net's Gated DeltaNet layers run when it
-    trains on `device_type` (`vmapped`: under torch.func.vmap, as an ensemble), `fla` or `torch (why)`; None for
-    a net without GDN layers."""
+    trains on `device_type` (`vmapped`: under torch.func.vmap, as an ensemble), `fla`, `torch (why)` or
+    `torch, compiled (why)`; None for a net without GDN layers."""
     found = []
     for layer in (m for m in net.modules() if isinstance(m, GatedDeltaNet)):
         if layer.kernel == "torch" or layer.mode == "recurrent":
-            line = "torch (kernel=torch)" if layer.kernel == "torch" else "torch (mode=recurrent)"
+            why = "kernel=torch" if layer.kernel == "torch" else "mode=recurrent"
         elif not layer.runs_fla:
-            line = f"torch ({fla_choice.fla_refusal()})"
+            why = fla_choice.fla_refusal()
         elif vmapped:
-            line = "torch (under torch.func.vmap, which fla's kernel does not support)"
+            why = "under torch.func.vmap, which fla's kernel does not support"
         elif device_type != fla_choice.FLA_DEVICE:
-            line = f"torch (the run is on {device_type})"
+            why = f"the run is on {device_type}"
         else:
-            line = "fla (flash-linear-attention's Triton kernel)"
+            why = None
+        compiled = layer.compiles_on(device_type) and not vmapped
+        line = ("fla (flash-linear-attention's Triton kernel)" if why is None
+                else f"torch{', compiled' if compiled else ''} ({why})")
         if line not in found:
             found.append(line)
     return "; ".join(found) or None

@@ -20,5 +20,11 @@ class ShortConvolution(nn.Module):
         y = self.conv(x.transpose(1, 2))[..., :t]  # left context only: the padding on the right is cut off
         return F.silu(y.transpose(1, 2))
 
+    def forward_flops(self, seq_len: int) -> int:
+        """Multiply-adds of the convolution on one sequence, 2 FLOPs each: one filter of kernel_size per channel at
+        every output position, the T + kernel_size - 1 the padded convolution computes before the cut."""
+        channels, (kernel_size,) = self.conv.out_channels, self.conv.kernel_size
+        return 2 * channels * kernel_size * (seq_len + kernel_size - 1)
+
 
 __all__ = ["ShortConvolution"]

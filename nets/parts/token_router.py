@@ -27,6 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from core.errors import require
+from nets.parts.flops import linear_flops
 
 
 class Routing(NamedTuple):
@@ -78,6 +79,10 @@ class TokenRouter(nn.Module):
             hard = torch.zeros_like(logits).scatter_(-1, choice.unsqueeze(-1), 1.0)
             weights = hard + (probs - probs.detach())  # exactly one-hot; the gradient of probs (no noise)
         return Routing(weights, probs, choice, logits)
+
+    def forward_flops(self, seq_len: int) -> int:
+        """Matrix-product FLOPs on one sequence (nets/parts/flops.py): the logits at every position."""
+        return linear_flops(self.proj, seq_len)
 
     def no_weight_decay(self) -> set[str]:
         """The router's weight: decay pulls its logits to zero and the routing to 50/50 (as MoEFFN's router)."""

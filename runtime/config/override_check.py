@@ -1,4 +1,5 @@
-"""A misspelled key on the command line, reported in one line with the closest existing settings.
+"""A misspelled key on the command line, reported in one line with the closest existing settings; a renamed
+option, in one line with what replaces it.
 
 Hydra's own report of `python launch.py data.pp=5` is six lines that never say which settings exist. This reads
 the overrides with Hydra's parser, composes the config once with the overrides that shape it (config group
@@ -23,11 +24,24 @@ from runtime.config.compose import CONF_DIR
 # options after which the app does not run this config: help, shell completion, another config, a rerun
 NOT_CHECKED = ("help", "hydra_help", "info", "shell_completion", "config_path", "config_name", "config_dir",
                "experimental_rerun")
+# group options that were renamed -> what replaces them on the command line (the CPU twins became `size=cpu`)
+RENAMED = {
+    ("experiment", "transformer_grok_cpu"): "experiment=transformer_grok size=cpu",
+    ("experiment", "nanda_grok_cpu"): "experiment=nanda_grok size=cpu",
+    ("experiment", "routed_cpu"): "experiment=routed_none size=cpu",
+    ("experiment", "conditions_study_cpu"): "experiment=conditions_study size=cpu",
+    ("experiment", "grokfast_paper_cpu"): "experiment=grokfast_paper size=cpu",
+    ("experiment", "hybrid_static_cpu"): "experiment=hybrid_static size=cpu",
+    ("experiment", "hybrid_dynamic_cpu"): "experiment=hybrid_dynamic size=cpu",
+    ("experiment", "mqar_cpu"): "experiment=mqar",
+    ("lm_size", "cpu"): "size=cpu",
+}
 
 
 def unknown_key_message(args: Sequence[str]) -> str | None:
-    """One line naming the first override key that is not a setting (`args` as in sys.argv[1:]), or None when
-    every key exists or the command line cannot be checked (then Hydra reports whatever is wrong, as usual)."""
+    """One line naming the first renamed option or override key that is not a setting (`args` as in
+    sys.argv[1:]), or None when every key exists or the command line cannot be checked (then Hydra reports whatever
+    is wrong, as usual)."""
     options = parse_command_line(args)
     if options is None or any(getattr(options, name, None) for name in NOT_CHECKED):
         return None
@@ -36,13 +50,29 @@ def unknown_key_message(args: Sequence[str]) -> str | None:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             loader = GlobalHydra.instance().config_loader()
             plain, shaping = [], []
-            for override in OverridesParser.create(config_loader=loader).parse_overrides(options.overrides):
+            parsed = OverridesParser.create(config_loader=loader).parse_overrides(options.overrides)
+            if (renamed := renamed_message(parsed)) is not None:
+                return renamed
+            for override in parsed:
                 if not override.is_hydra_override():
                     (plain if is_plain_setting(override, loader) else shaping).append(override)
             cfg = compose("config", overrides=[as_single_run(override) for override in shaping])
     except Exception:  # a bad value, a missing group option, an unreadable sweep: Hydra's report will say which
         return None
     return next(filter(None, (missing_key_message(cfg, override.key_or_group) for override in plain)), None)
+
+
+def renamed_message(overrides: Sequence[Override]) -> str | None:
+    """One line for the first option of `overrides` (or of a sweep's options) that was renamed, else None."""
+    for override in overrides:
+        if override.is_delete():
+            continue
+        values = (override.sweep_string_iterator() if override.is_sweep_override()
+                  else [override.get_value_element_as_str()])
+        for value in values:
+            if (instead := RENAMED.get((override.key_or_group, value))) is not None:
+                return f"{override.key_or_group}={value} was renamed: use {instead}"
+    return None
 
 
 def parse_command_line(args: Sequence[str]) -> Any | None:

@@ -215,7 +215,7 @@ def test_mlp_run_logs_the_spectrum_of_both_operands(run_config):
 
 @pytest.mark.parametrize("op_token", [True, False], ids=["a_op_b_eq", "a_b_eq"])
 def test_one_layer_transformer_run_logs_progress_measures(run_config, op_token):
-    overrides = [*FOURIER, "experiment=transformer_grok_cpu", "data.p=23", "model.d_model=32", "model.n_heads=2",
+    overrides = [*FOURIER, "experiment=transformer_grok", "size=cpu", "data.p=23", "model.d_model=32", "model.n_heads=2",
                  "callbacks.grokking_time.stop_after_steps=null", f"data.op_token={str(op_token).lower()}"]
     summary, run_dir = run_config(overrides)
     assert summary["status"] == "completed"

@@ -371,14 +371,15 @@ def test_grokfast_reaches_095_in_fewer_steps_from_the_same_init(run_config):
     assert statistics.median(fast_steps) < 0.8 * statistics.median(plain_steps), (fast_steps, plain_steps)
 
 
-@pytest.mark.parametrize("experiment, p, d_model", [("grokfast_paper", 97, 128), ("grokfast_paper_cpu", 97, 64)])
-def test_the_paper_experiment_composes_to_the_papers_task_and_regime(experiment, p, d_model):
+@pytest.mark.parametrize("size, p, d_model", [("source", 97, 128), ("cpu", 97, 64)])
+def test_the_paper_experiment_composes_to_the_papers_task_and_regime(size, p, d_model):
     """ironjr/grokfast main.py: x·y mod 97, 50% train, batch 512, 2 layers of width 128 with 4 heads, Adam
     lr 1e-3 betas (0.9, 0.98) with 10 warmup steps, no clipping; filters α 0.98 λ 2 / w 100 λ 5."""
     from runtime.config.build import build
     from runtime.config.compose import compose_config
 
-    cfg = compose_config([f"experiment={experiment}"])
+    experiment = ["experiment=grokfast_paper", f"size={size}"]
+    cfg = compose_config(experiment)
     assert (cfg.data.p, list(cfg.data.operations), cfg.data.format) == (p, ["mul"], "tokens")
     assert (cfg.data.train_fraction, cfg.data.batch_size) == (0.5, 512)
     model = cfg.model
@@ -393,8 +394,8 @@ def test_the_paper_experiment_composes_to_the_papers_task_and_regime(experiment,
     assert all(group["weight_decay"] == 0 for group in optimizer.param_groups)  # AdamW without decay is Adam
     assert "grokfast" not in cfg.callbacks  # the no-filter arm
 
-    ema = compose_config([f"experiment={experiment}", "grokfast=ema"]).callbacks.grokfast
-    ma = compose_config([f"experiment={experiment}", "grokfast=ma"]).callbacks.grokfast
+    ema = compose_config([*experiment, "grokfast=ema"]).callbacks.grokfast
+    ma = compose_config([*experiment, "grokfast=ma"]).callbacks.grokfast
     assert (ema.filter, ema.alpha, ema.lamb, ema.l2) == ("ema", 0.98, 2.0, 0.0)
     assert (ma.filter, ma.window_size, ma.lamb, ma.warmup, ma.l2) == ("ma", 100, 5.0, True, 0.0)
 
@@ -451,7 +452,7 @@ def test_the_benchs_paper_arms_compose_to_the_papers_filters_and_l2():
     from runtime.config.compose import compose_config
 
     def grokfast(arm, l2):
-        return compose_config(["experiment=grokfast_paper_cpu", *arm_overrides(arm, l2)]).callbacks.get("grokfast")
+        return compose_config(["experiment=grokfast_paper", "size=cpu", *arm_overrides(arm, l2)]).callbacks.get("grokfast")
 
     assert grokfast("none", "paper") is None
     ma, ema = grokfast("ma", "paper"), grokfast("ema", "paper")

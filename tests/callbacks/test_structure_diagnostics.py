@@ -14,7 +14,7 @@ from tests.conftest import SMALL, rebuilt
 
 FAST = ["callbacks=diagnostics", "callbacks.gates.every_n_steps=10", "callbacks.routing.every_n_steps=20",
         "callbacks.attention.every_n_steps=20", "callbacks.grokking_curves.plot_every_n_steps=20"]
-ROUTED = ["experiment=routed_cpu", "data.p=7", "model.d_model=16", "model.n_heads=2"]
+ROUTED = ["experiment=routed_none", "size=cpu", "data.p=7", "model.d_model=16", "model.n_heads=2"]
 
 
 def metrics(run_dir):

@@ -26,7 +26,7 @@ from tests.conftest import SMALL, launch_cli, read_json, reproducible_rows, run_
 from tests.fla_stand_in import force_fla
 
 MLP = ["data.p=23", "data.train_fraction=0.6", "trainer.max_steps=60"]
-TRANSFORMER = ["experiment=transformer_grok_cpu", "data.p=11", "model.d_model=32", "model.n_heads=2",
+TRANSFORMER = ["experiment=transformer_grok", "size=cpu", "data.p=11", "model.d_model=32", "model.n_heads=2",
                "trainer.max_steps=20", "trainer.val_check_interval=5", "trainer.log_every_n_steps=5"]
 # groks at lr 3e-3: seeds 0-9 reached val acc 0.99 at steps 1,275-1,750 (seed 0: 1,325 / 1,350) under both AVX-512
 # and ATEN_CPU_CAPABILITY=default kernels, so 2,500 steps leave seed 0 a margin of ~1,100 steps, more than the
@@ -183,21 +183,24 @@ def test_a_vmapped_step_of_gdn_nets_never_enters_fla_and_gives_each_member_its_s
                                    rtol=0, atol=1e-12)
 
 
-# a dense routed hybrid LM, tiny: both mechanisms mixed at every token (vmap-able), routing shares named gdn / softmax
-HYBRID = ["experiment=hybrid_dynamic_cpu", "model.layers=[gdn,routed,attn]", "model.routing_mode=dense",
+# a routed hybrid LM, tiny (vmap-able in both modes), routing shares named gdn / softmax
+HYBRID = ["experiment=hybrid_dynamic", "size=cpu", "model.layers=[gdn,routed,attn]",
           "data.seq_len=16", "data.batch_size=4", "data.eval_windows=4", "model.d_model=16", "model.n_heads=2",
           "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=3",
           "optimizer.warmup_steps=2", "callbacks.token_routing=null", "callbacks.temperature=null",
           "callbacks.progress.refresh_seconds=1000"]
 
 
-def test_a_hybrid_lm_member_logs_the_metric_names_of_its_solo_run(tmp_path, one_thread):
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_a_hybrid_lm_member_logs_the_metric_names_of_its_solo_run(tmp_path, one_thread, mode):
     """The solo module and the ensemble module run one step function (lightning_modules.step): the same metric names,
     among them the routed layer's shares under the net's own option names (once `head_0` / `head_1` in an
-    ensemble, `gdn` / `softmax` solo)."""
+    ensemble, `gdn` / `softmax` solo). Sparse routing, whose shapes no longer follow the data, trains in an
+    ensemble too (the engine refused it while it padded to each batch's count), and logs its overflow."""
+    overrides = [*HYBRID, f"model.routing_mode={mode}"]
     solo_dir = tmp_path / "solo"
-    run_quietly(HYBRID, solo_dir)
-    members = [Member(cfg := compose_config([*HYBRID, f"seed={seed}"], output_dir=tmp_path / "ensemble" / str(seed)),
+    run_quietly(overrides, solo_dir)
+    members = [Member(cfg := compose_config([*overrides, f"seed={seed}"], output_dir=tmp_path / "ensemble" / str(seed)),
                       tmp_path / "ensemble" / str(seed), [f"seed={seed}"],
                       [build(node, f"logger.{key}") for key, node in cfg.logger.items() if node]) for seed in (0, 1)]
     summaries = run_ensemble(members)
@@ -208,6 +211,41 @@ def test_a_hybrid_lm_member_logs_the_metric_names_of_its_solo_run(tmp_path, one_
     assert member == solo
     assert {"routing/share/layer_1/gdn", "routing/share/layer_1/softmax", "routing/entropy/layer_1"} <= member
     assert not any(name.startswith("routing/share/") and "head_" in name for name in member)
+    assert ("routing/overflow/layer_1" in member) == (mode == "sparse")
+
+
+def test_a_vmapped_step_of_sparse_routing_gives_each_member_its_solo_numbers(one_thread):
+    """Each member's loss and gradient in the ensemble's step (member_step under StackedNets.vmap) are those of its
+    net alone, with sparse routing at a capacity some tokens overflow (blocks of 4 positions, 1 softmax slot
+    each). Float64, eval mode: each member routes by its own argmax, not by a random draw."""
+    vocab, length = 7, 10
+
+    def sparse_net(seed):
+        torch.manual_seed(seed)
+        return HybridLM(vocab, vocab, length, layers=["gdn", "routed", "attn"], d_model=8,
+                        gdn=partial(GatedDeltaNet, n_heads=2, chunk_size=4), attn=partial(SoftmaxAttention, n_heads=2),
+                        routing_mode="sparse", routing_block=4, routing_capacity_factor=0.5).double().eval()
+
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = (torch.randint(0, vocab, (5, length), generator=generator) for _ in range(2))
+    batch = Batch(inputs, targets, torch.ones(5, length, dtype=torch.float64), torch.ones(5, length, dtype=torch.bool),
+                  torch.zeros(5, dtype=torch.long))
+    module = EnsembleModule([sparse_net(seed) for seed in range(2)], TaskSpec(num_classes=vocab, vocab_size=vocab,
+                                                                              seq_len=length),
+                            [AdamWRecipe()] * 2, [{}, {}], None, [])
+    total, _ = module.stacked.vmap(lambda row, w, b: module.member_step(row, w, b, False), module.reg_weights(),
+                                   batch, in_dims=(0, None))
+    total.sum().backward()
+    overflowed = []
+    for index in range(2):
+        solo = sparse_net(index)
+        output = solo(inputs)
+        overflowed.append(output.aux["layer_1/mixer/overflow"].item())
+        grads = torch.autograd.grad(task_loss(output, batch)[0], list(solo.parameters()))
+        torch.testing.assert_close(total[index], task_loss(output, batch)[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(module.stacked.flat.grad[index], torch.cat([g.flatten() for g in grads]),
+                                   rtol=0, atol=1e-12)
+    assert max(overflowed) > 0  # the capacity was binding for at least one member
 
 
 @pytest.mark.parametrize("override, key", [

@@ -44,10 +44,10 @@ def test_the_fla_kernel_gives_the_reference_outputs_states_and_gradients():
 
 
 def twin_layers():
-    """kernel=auto (fla here) and kernel=torch, with the same weights."""
+    """kernel=auto (fla here) and kernel=torch uncompiled (the reference), with the same weights."""
     torch.manual_seed(0)
     fused = GatedDeltaNet(d_model=128, n_heads=4).cuda()
-    reference = GatedDeltaNet(d_model=128, n_heads=4, kernel="torch").cuda()
+    reference = GatedDeltaNet(d_model=128, n_heads=4, kernel="torch", compile=False).cuda()
     reference.load_state_dict(fused.state_dict())
     return fused, reference
 
@@ -104,3 +104,22 @@ def test_fla_s_forward_takes_the_layer_s_inputs_in_float32_and_under_bf16(monkey
             fla_bf16, torch_bf16 = fused(x)[0], reference(x)[0]
     assert fla_bf16.dtype == torch_bf16.dtype
     assert relative_error(fla_bf16, exact) <= 2 * relative_error(torch_bf16, exact) + 1e-2
+
+
+def test_the_compiled_pytorch_form_gives_the_uncompiled_outputs_and_gradients():
+    """Where fla cannot run, a CUDA run compiles the PyTorch chunked form (compile=auto): the outputs and every
+    parameter's gradient of the uncompiled reference, over 300 positions (5 chunks, the last padded). Float32; the
+    fused kernels only reorder sums, so they agree to rounding (2e-3 allows TF32 matmuls where they are on)."""
+    torch.manual_seed(0)
+    compiled = GatedDeltaNet(d_model=128, n_heads=4, kernel="torch").cuda()
+    reference = GatedDeltaNet(d_model=128, n_heads=4, kernel="torch", compile=False).cuda()
+    reference.load_state_dict(compiled.state_dict())
+    x = torch.randn(2, 300, 128, device="cuda")
+    assert compiled.compiles(x) and not reference.compiles(x)
+    ours, theirs = compiled(x)[0], reference(x)[0]
+    torch.testing.assert_close(ours, theirs, rtol=2e-3, atol=2e-3)
+    weights = torch.randn_like(ours)
+    our_grads = torch.autograd.grad((ours * weights).sum(), list(compiled.parameters()))
+    their_grads = torch.autograd.grad((theirs * weights).sum(), list(reference.parameters()))
+    for (name, _), a, b in zip(compiled.named_parameters(), our_grads, their_grads):
+        assert relative_error(a, b) < 2e-3, name

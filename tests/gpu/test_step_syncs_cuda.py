@@ -2,7 +2,7 @@
 tests/test_step_syncs.py, whose recorders stand in for the device on a CPU. Here torch's own sync debugging
 (`torch.cuda.set_sync_debug_mode("error")`) raises at any synchronising call inside the same two-step window
 (data fetch, forward, regularisers, backward, clipping, callbacks, optimiser). The presets whose steps must read a
-shape on the host (tests.test_step_syncs.SEEN: the MoE dispatch, sparse routing) are left out."""
+shape on the host (tests.test_step_syncs.SEEN: the MoE dispatch) are left out."""
 from __future__ import annotations
 
 import lightning.pytorch as pl

@@ -139,3 +139,30 @@ def test_the_module_reads_answers_as_the_task_decodes_them():
         assert values["exact_match"] == pytest.approx(0.1)
         expected = [0.1, 1.0, 1.0] if decoding == "teacher_forced" else [0.1, 0.1, 0.1]
         assert [values[f"acc/position_{i}"] for i in range(3)] == pytest.approx(expected)
+
+
+def test_bits_per_byte_divide_the_summed_loss_by_the_bytes_the_targets_stand_for():
+    """A hand-computed case: 4 ids standing for 1, 2, 3 and 0 bytes; uniform logits, so every position's loss is
+    ln 4 nats = 2 bits. Targets [[0, 1, 2], [2, 3, 1]] with the last position of row 0 outside the loss: five targets
+    count, 0 1 / 2 3 1, which stand for 1 + 2 + 3 + 0 + 2 = 8 bytes, so bits per byte = 5 * 2 / 8 = 1.25, while the
+    loss per token stays ln 4 (perplexity 4). In two chunks the sums give the same."""
+    spec = TaskSpec(num_classes=4, vocab_size=4, metrics=("perplexity", "bits_per_byte"), token_bytes=(1, 2, 3, 0))
+    targets = torch.tensor([[0, 1, 2], [2, 3, 1]])
+    loss_mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    batch = Batch(torch.zeros(2, 3, dtype=torch.long), targets, loss_mask, loss_mask.bool(),
+                  torch.zeros(2, dtype=torch.long))
+    output = NetOutput(logits=torch.zeros(2, 3, 4, dtype=torch.float64))
+    whole, chunked = AnswerMetrics(spec), AnswerMetrics(spec)
+    whole.update(*task_loss(output, batch), batch)
+    for rows in (slice(0, 1), slice(1, 2)):
+        part = Batch(*(t[rows] for t in batch))
+        chunked.update(*task_loss(NetOutput(logits=output.logits[rows]), part), part)
+    for metric in (whole, chunked):
+        values = metric.compute()
+        assert values["bits_per_byte"].item() == pytest.approx(1.25, rel=1e-6)
+        assert values["loss"].item() == pytest.approx(math.log(4), rel=1e-6)
+        assert values["perplexity"].item() == pytest.approx(4.0, rel=1e-6)
+    # without a table every id stands for `bytes_per_token` bytes: loss / ln 2 / bytes_per_token, as before
+    plain = AnswerMetrics(TaskSpec(num_classes=4, metrics=("bits_per_byte",), bytes_per_token=2.0))
+    plain.update(*task_loss(output, batch), batch)
+    assert plain.compute()["bits_per_byte"].item() == pytest.approx(1.0, rel=1e-6)

@@ -77,18 +77,31 @@ def test_the_device_check_needs_cuda():
 
 
 EXPERIMENTS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def has_cpu_form(name: str) -> bool:
+    """Whether size=cpu changes the experiment: its study states a CPU form (it pulls in conf/size/<study>/), or it
+    is built on an experiment that does (a bare `- <experiment>` in its defaults)."""
+    text = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
+    bases = re.findall(r"^  - (\w+)\s*(?:#.*)?$", text, flags=re.M)
+    return "optional /size/" in text or any(base in EXPERIMENTS and has_cpu_form(base) for base in bases)
+
+
+# every preset at the source's size, and at size=cpu those that have a CPU form
+PRESETS = [(name, "source") for name in EXPERIMENTS] + [(name, "cpu") for name in EXPERIMENTS if has_cpu_form(name)]
 MINI_BATCHES = "mini-batches: a captured step replays the full batch, data.batch_size=-1"
 MOE = "a net whose parts route tokens by the data: a mixture of experts' shapes change every step"
+COSINE = "optimizer.schedule=cosine: a captured step bakes in the lr it has after the warmup"
 # the presets whose step `auto` leaves eager on a CUDA device, with why; every other preset is captured
 EAGER = {
-    "grokfast_paper": MINI_BATCHES, "grokfast_paper_cpu": MINI_BATCHES, "mqar_cpu": MINI_BATCHES,
-    "hybrid_static": "precision=bf16-mixed: a captured step runs in 32 bits",
-    "hybrid_dynamic": "precision=bf16-mixed: a captured step runs in 32 bits",
-    "hybrid_static_cpu": "optimizer.schedule=cosine: a captured step bakes in the lr it has after the warmup",
-    "hybrid_dynamic_cpu": "optimizer.schedule=cosine: a captured step bakes in the lr it has after the warmup",
-    "least_action_gumbel": "TemperatureAnnealing, which changes net.temperature between steps: a captured step keeps "
-                           "the value it had at capture",
-    "moe_expressivity_moe": MOE, "moe_expressivity_moe_glu": MOE,
+    ("grokfast_paper", "source"): MINI_BATCHES, ("grokfast_paper", "cpu"): MINI_BATCHES,
+    ("mqar", "source"): MINI_BATCHES,
+    ("hybrid_static", "source"): "precision=bf16-mixed: a captured step runs in 32 bits",
+    ("hybrid_dynamic", "source"): "precision=bf16-mixed: a captured step runs in 32 bits",
+    ("hybrid_static", "cpu"): COSINE, ("hybrid_dynamic", "cpu"): COSINE,
+    ("least_action_gumbel", "source"): "TemperatureAnnealing, which changes net.temperature between steps: a "
+                                       "captured step keeps the value it had at capture",
+    ("moe_expressivity_moe", "source"): MOE, ("moe_expressivity_moe_glu", "source"): MOE,
 }
 
 
@@ -104,9 +117,9 @@ class Fitting:
         return getattr(self.trainer, name)
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment, size", PRESETS, ids=[f"{name}-{size}" for name, size in PRESETS])
 def test_every_preset_is_captured_by_default_where_it_can_be_and_says_why_not_elsewhere(tmp_path, capsys,
-                                                                                       experiment):
+                                                                                       experiment, size):
     """The preset's real data, net, module, callbacks and trainer (built as a launch builds them, on this machine's
     device), and the module's own decision at fit start on a trainer that claims CUDA: `auto` (the default) captures
     the eligible presets and leaves the others eager with one line saying why; `true` refuses those by key."""
@@ -114,18 +127,22 @@ def test_every_preset_is_captured_by_default_where_it_can_be_and_says_why_not_el
     from runtime.engines.solo import SoloEngine
     from runtime.lifecycle.run import assemble
 
-    parts = assemble(SoloEngine(compose_config([f"experiment={experiment}"], output_dir=tmp_path)))
+    cfg = compose_config([f"experiment={experiment}", f"size={size}"], output_dir=tmp_path)
+    if cfg.data.get("corpus") == "package":  # the seed-size LM's optional corpus: the bundled text, cached here
+        cfg.data.corpus, cfg.data.cache_dir = "bundled", str(tmp_path / "cache")
+    parts = assemble(SoloEngine(cfg))
     module, on_cuda = parts.module, Fitting(parts.trainer, parts.datamodule, cuda=True)
     capsys.readouterr()
     module.plan_capture(on_cuda)
     printed = capsys.readouterr().out.splitlines()
-    if experiment in EAGER:
-        assert not module.capture and module.cuda_graph_status == f"eager ({EAGER[experiment]})"
+    if (experiment, size) in EAGER:
+        why = EAGER[experiment, size]
+        assert not module.capture and module.cuda_graph_status == f"eager ({why})"
         assert printed == [f"[grokking-lab] note: training step eager, not captured in a CUDA graph "
-                           f"(module.cuda_graph=auto), with {EAGER[experiment]}"]
+                           f"(module.cuda_graph=auto), with {why}"]
         module.cuda_graph = True
         with pytest.raises(ConfigError, match="module.cuda_graph=True is not allowed: expected auto or false with "
-                                              + re.escape(EAGER[experiment])):
+                                              + re.escape(why)):
             module.plan_capture(on_cuda)
     else:
         assert module.capture and module.eager_because is None
@@ -134,3 +151,20 @@ def test_every_preset_is_captured_by_default_where_it_can_be_and_says_why_not_el
     module.plan_capture(Fitting(parts.trainer, parts.datamodule, cuda=False))  # this machine's device: a CPU in CI
     if parts.trainer.strategy.root_device.type == "cpu":
         assert not module.capture and capsys.readouterr().out == ""
+
+
+def test_sparse_token_routing_is_captured_and_a_mixture_of_experts_is_not():
+    """Sparse routing's shapes follow the length alone (a fixed capacity per block), so the captured step takes a
+    hybrid LM that routes sparsely; a mixture of experts still reads its experts' token counts on the host."""
+    from functools import partial
+
+    from nets import GatedDeltaNet, HybridLM, MoEFFN, SoftmaxAttention
+
+    def hybrid(**settings):
+        return HybridLM(7, 7, 8, layers=["gdn", "routed"], d_model=8, gdn=partial(GatedDeltaNet, n_heads=2),
+                        attn=partial(SoftmaxAttention, n_heads=2), **settings)
+
+    assert step_setup_blocker(trainer(), SimpleNamespace(net=hybrid(routing_mode="sparse")), trainer().datamodule) \
+        is None
+    assert step_setup_blocker(trainer(), SimpleNamespace(net=hybrid(ffn=partial(MoEFFN, n_experts=2))),
+                              trainer().datamodule) == MOE

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from core.errors import ConfigError
 from nets import GLUFFN, MLPFFN, RoutedFFN, SoftmaxAttention, Transformer
 from runtime.config.build import build_net
 from runtime.config.compose import compose_config
+from tests.helpers import task_spec
 from tests.nets.helpers import routed_transformer
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
@@ -17,7 +17,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "con
 
 def configured(tmp_path, *overrides, seed=0):
     cfg = compose_config(list(overrides), output_dir=tmp_path)
-    spec = instantiate(cfg.data).spec
+    spec = task_spec(cfg.data, tmp_path)
     torch.manual_seed(seed)
     return cfg, build_net(cfg.model, spec)
 
@@ -30,27 +30,27 @@ def test_every_experiment_composes_and_builds(tmp_path, name):
 
 
 def test_command_line_settings_reach_the_parts(tmp_path):
-    _, net = configured(tmp_path, "experiment=transformer_grok_cpu", "model.n_heads=2", "model.d_mlp=96",
+    _, net = configured(tmp_path, "experiment=transformer_grok", "size=cpu", "model.n_heads=2", "model.d_mlp=96",
                         "model.activation=relu", "model.bias=false")
     block = net.blocks[0]
     assert block.mixer.n_heads == 2 and block.mixer.qkv.bias is None  # attn_bias follows bias
     assert isinstance(block.ffn, MLPFFN) and block.ffn.up.out_features == 96 and block.ffn.up.bias is None
     assert isinstance(block.ffn.act, torch.nn.ReLU)
-    _, net = configured(tmp_path, "experiment=nanda_grok_cpu")
+    _, net = configured(tmp_path, "experiment=nanda_grok", "size=cpu")
     assert net.blocks[0].mixer.qkv.bias is None and net.blocks[0].ffn.up.bias is not None
 
 
 def test_the_ffn_is_a_config_group(tmp_path):
-    _, net = configured(tmp_path, "experiment=transformer_grok_cpu", "model/ffn=glu", "model.activation=silu")
+    _, net = configured(tmp_path, "experiment=transformer_grok", "size=cpu", "model/ffn=glu", "model.activation=silu")
     assert isinstance(net.blocks[0].ffn, GLUFFN) and isinstance(net.blocks[0].ffn.act, torch.nn.SiLU)
-    _, net = configured(tmp_path, "experiment=transformer_grok_cpu", "model/ffn=glu", "model.ffn.d_hidden=40")
+    _, net = configured(tmp_path, "experiment=transformer_grok", "size=cpu", "model/ffn=glu", "model.ffn.d_hidden=40")
     assert net.blocks[0].ffn.up.out_features == 40
     _, net = configured(tmp_path, "model=transformer", "data.format=tokens", "model/ffn=routed", "model.ffn.n_heads=3")
     assert isinstance(net.blocks[0].ffn, RoutedFFN) and net.blocks[0].ffn.heads.n_heads == 3
 
 
 def test_the_routed_transformer_is_the_transformer_with_routed_ffns(tmp_path):
-    cfg, net = configured(tmp_path, "experiment=routed_cpu", "data.p=7", "model.d_model=16", "model.n_heads=2",
+    cfg, net = configured(tmp_path, "experiment=routed_none", "size=cpu", "data.p=7", "model.d_model=16", "model.n_heads=2",
                           "model.n_ffn_heads=3")
     assert type(net) is Transformer and all(isinstance(block.ffn, RoutedFFN) for block in net.blocks)
     torch.manual_seed(0)
@@ -71,18 +71,18 @@ def test_the_routed_transformer_is_the_transformer_with_routed_ffns(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["model=transformer", "data.format=tokens", "model.n_heads=3"],
      "model.n_heads=3 is not allowed: expected a divisor of model.d_model=128"),
-    (["experiment=transformer_grok_cpu", "model.mixer.n_heads=5"],
+    (["experiment=transformer_grok", "size=cpu", "model.mixer.n_heads=5"],
      "model.mixer.n_heads=5 is not allowed: expected a divisor of model.d_model=128"),
-    (["experiment=transformer_grok_cpu", "model.d_mlp=-5"],
+    (["experiment=transformer_grok", "size=cpu", "model.d_mlp=-5"],
      "model.d_mlp=-5 is not allowed: expected a positive integer, or null for 4 * model.d_model"),
-    (["experiment=transformer_grok_cpu", "model.activation=tanh"],
+    (["experiment=transformer_grok", "size=cpu", "model.activation=tanh"],
      "model.activation='tanh' is not allowed: expected gelu, relu, silu"),
-    (["experiment=transformer_grok_cpu", "model.attn_bias=null"],
+    (["experiment=transformer_grok", "size=cpu", "model.attn_bias=null"],
      "model.attn_bias=None is not allowed: expected true or false"),
-    (["experiment=routed_cpu", "model.n_ffn_heads=1"], "model.n_ffn_heads=1 is not allowed: expected an integer >= 2"),
-    (["experiment=transformer_grok_cpu", "model/ffn=glu", "model.ffn.d_hidden=0"],
+    (["experiment=routed_none", "size=cpu", "model.n_ffn_heads=1"], "model.n_ffn_heads=1 is not allowed: expected an integer >= 2"),
+    (["experiment=transformer_grok", "size=cpu", "model/ffn=glu", "model.ffn.d_hidden=0"],
      "model.ffn.d_hidden=0 is not allowed: expected a positive integer, or null for 4 * model.d_model"),
-    (["experiment=transformer_grok_cpu", "model.norm=batch"], "model.norm='batch' is not allowed: expected "
+    (["experiment=transformer_grok", "size=cpu", "model.norm=batch"], "model.norm='batch' is not allowed: expected "
                                                               "layernorm, rmsnorm, none"),
 ])
 def test_a_bad_setting_is_one_line_under_the_key_that_was_set(tmp_path, overrides, message):
@@ -93,7 +93,7 @@ def test_a_bad_setting_is_one_line_under_the_key_that_was_set(tmp_path, override
 
 def test_a_setting_neither_the_net_nor_a_part_takes_is_still_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"^model='nets.Transformer' is not allowed: .*'foo'"):
-        configured(tmp_path, "experiment=transformer_grok_cpu", "+model.foo=1")
+        configured(tmp_path, "experiment=transformer_grok", "size=cpu", "+model.foo=1")
 
 
 def test_a_config_error_is_an_invalid_setting_and_stays_one_when_qualified():

@@ -76,7 +76,8 @@ def test_the_layer_decides_when_built_and_notes_a_gpu_fallback_once(monkeypatch,
         assert str(err.value) == f"kernel='fla' is not allowed: expected auto or torch: {refused}"
     net = HybridLM(12, 12, 6, layers=["gdn", "attn"], d_model=8, gdn=partial(GatedDeltaNet, n_heads=2),
                    attn=partial(SoftmaxAttention, n_heads=2))
-    expected = "fla (flash-linear-attention's Triton kernel)" if refused is None else f"torch ({refused})"
+    # where fla cannot run, a CUDA run compiles the PyTorch form (compile=auto); a CPU run and an ensemble do not
+    expected = "fla (flash-linear-attention's Triton kernel)" if refused is None else f"torch, compiled ({refused})"
     assert kernel_in_use(net, "cuda") == expected
     assert kernel_in_use(net, "cpu") == (f"torch ({refused})" if refused else "torch (the run is on cpu)")
     vmapped = "torch (under torch.func.vmap, which fla's kernel does not support)"  # an ensemble's
@@ -89,7 +90,8 @@ def test_kernel_torch_reads_no_machine_facts(monkeypatch):
 
     monkeypatch.setattr(fla_choice, "machine_facts", unreadable)
     layer = GatedDeltaNet(d_model=8, n_heads=2, kernel="torch")
-    assert not layer.runs_fla and kernel_in_use(layer, "cuda") == "torch (kernel=torch)"
+    assert not layer.runs_fla and kernel_in_use(layer, "cuda") == "torch, compiled (kernel=torch)"
+    assert kernel_in_use(layer, "cpu") == "torch (kernel=torch)"
     assert kernel_in_use(SoftmaxAttention(d_model=8, n_heads=2), "cuda") is None
 
 

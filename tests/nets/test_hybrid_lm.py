@@ -80,13 +80,19 @@ def test_causal(mode, router):
 
 
 @pytest.mark.parametrize("router", ["shared", "per_layer"])
-def test_dense_and_sparse_nets_agree_in_eval(router):
+def test_dense_and_sparse_nets_agree_in_eval_where_no_token_overflows(router):
+    """Capacity for every token (factor 2), in blocks of 4 of the 10 positions."""
     dense = hybrid(router=router, routing_mode="dense").double().eval()
-    sparse = hybrid(router=router, routing_mode="sparse").double().eval()
+    sparse = hybrid(router=router, routing_mode="sparse", routing_capacity_factor=2.0, routing_block=4).double().eval()
     sparse.load_state_dict(dense.state_dict())
     tokens = torch.randint(0, 12, (4, 10))
-    torch.testing.assert_close(sparse(tokens).logits, dense(tokens).logits, rtol=0, atol=1e-10)
-    assert all(m.data_dependent_shapes for m in sparse.modules() if isinstance(m, RoutedMixer))
+    out = sparse(tokens)
+    torch.testing.assert_close(out.logits, dense(tokens).logits, rtol=0, atol=1e-10)
+    assert [key for key in out.aux if key.endswith("overflow")] == ["layer_1/mixer/overflow", "layer_2/mixer/overflow"]
+    assert all(out.aux[key].item() == 0 for key in ("layer_1/mixer/overflow", "layer_2/mixer/overflow"))
+    mixers = [m for m in sparse.modules() if isinstance(m, RoutedMixer)]
+    assert [(m.capacity_factor, m.block_size) for m in mixers] == [(2.0, 4)] * 2
+    assert not any(getattr(m, "data_dependent_shapes", False) for m in sparse.modules())
 
 
 @pytest.mark.parametrize("router", ["shared", "per_layer"])
@@ -198,6 +204,8 @@ def test_learns_one_batch(mode):
     (dict(positions="alibi"), "positions"),
     (dict(router="global"), "router"),
     (dict(routing_mode="lazy"), "routing_mode"),
+    (dict(routing_mode="sparse", routing_capacity_factor=0), "routing_capacity_factor"),
+    (dict(routing_mode="sparse", routing_block=0.5), "routing_block"),
     (dict(temperature=0), "temperature"),
     (dict(norm="batch"), "norm"),
 ])
@@ -231,7 +239,8 @@ def test_the_config_composes_and_builds(tmp_path):
     assert routed.attn.qkv.bias is None  # bias: false reaches the attention through attn_bias
     seq_len = 4  # the default modular task's
     out = net(torch.randint(0, net.token_embedding.num_embeddings, (2, seq_len)))
-    assert list(out.aux) == ROUTED_AUX
+    assert list(out.aux) == [*ROUTED_AUX[:3], "layer_1/mixer/overflow", *ROUTED_AUX[3:], "layer_2/mixer/overflow"]
+    assert (routed.capacity_factor, routed.block_size) == (1.25, 128)  # conf/model/hybrid_lm.yaml's
     static = configured(tmp_path)
     assert static.layers == ("gdn", "gdn", "gdn", "attn") and static.router is None
 

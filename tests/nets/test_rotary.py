@@ -100,30 +100,36 @@ def test_rotary_draws_no_random_numbers():
 
 
 @pytest.mark.parametrize("rotary, bias", [(False, True), (True, True), (True, False)])
-def test_attend_at_every_position_is_the_full_forward(rotary, bias):
+@pytest.mark.parametrize("block_size", [10, 4])
+def test_attend_at_every_position_is_the_full_forward(rotary, bias, block_size):
+    """Every position as a query, in one block of 10 or in blocks of 4 (the last one of 2 positions, padded with
+    position 9 again): the full forward's rows."""
     torch.manual_seed(0)
     attn = SoftmaxAttention(16, n_heads=2, bias=bias, rotary=rotary).double()
     x = torch.randn(3, 10, 16, dtype=torch.float64)
-    positions = torch.arange(10).expand(3, 10)
-    out = attn.attend_at(x, positions, torch.ones(3, 10, dtype=torch.bool))
+    n_blocks = -(-10 // block_size)
+    positions = torch.arange(n_blocks * block_size).clamp(max=9).reshape(1, n_blocks, block_size).expand(3, -1, -1)
+    out = attn.attend_at(x, positions, block_size).reshape(3, -1, 16)[:, :10]
     torch.testing.assert_close(out, attn(x)[0], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("rotary, conv_size", [(False, 0), (True, 0), (False, 4), (True, 4)])
 def test_attend_at_a_subset_is_those_rows_of_the_full_forward(rotary, conv_size):
-    """Rows with 3, 1 and 0 valid queries (the rest padding): the valid ones equal the full forward's rows at their
-    original positions (so causal by original position); padded slots are finite and the gradient stays finite.
-    With a short convolution a query depends on the tokens before it too, and still equals the full forward's."""
+    """Two queries in each block of 4 positions (repeats allowed: a block's spare slots hold any of its positions):
+    each equals the full forward's row at its original position (so causal by original position, and a block's
+    queries see every key they need although the keys stop at the block's end); the gradient stays finite. With a
+    short convolution a query depends on the tokens before it too, and still equals the full forward's."""
     torch.manual_seed(0)
     attn = SoftmaxAttention(16, n_heads=2, rotary=rotary, conv_size=conv_size).double()
     x = torch.randn(3, 10, 16, dtype=torch.float64, requires_grad=True)
-    positions = torch.tensor([[2, 5, 9], [7, 0, 0], [0, 0, 0]])
-    valid = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
-    out = attn.attend_at(x, positions, valid)
+    positions = torch.tensor([[[1, 3], [5, 5], [9, 8]],
+                              [[0, 0], [7, 4], [8, 8]],
+                              [[3, 2], [6, 7], [9, 9]]])  # (B, N, S): blocks [0, 4), [4, 8), [8, 10)
+    out = attn.attend_at(x, positions, 4)
     full, _ = attn(x)
-    assert out.shape == (3, 3, 16) and torch.isfinite(out).all()
-    for b, j in valid.nonzero().tolist():
-        torch.testing.assert_close(out[b, j], full[b, positions[b, j]], rtol=0, atol=1e-12)
+    assert out.shape == (3, 3, 2, 16)
+    torch.testing.assert_close(out, full.gather(1, positions.reshape(3, 6, 1).expand(-1, -1, 16)).reshape(out.shape),
+                               rtol=0, atol=1e-12)
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(attn.qkv.weight.grad).all()
 

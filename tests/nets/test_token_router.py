@@ -98,15 +98,22 @@ CHOICES = torch.tensor([[0] * 9,                       # no token routed to soft
                         [1, 0, 0, 0, 0, 0, 0, 0, 1]])
 
 
+def mixer(gdn, attn, mode, capacity_factor=2.0, block_size=128):
+    """A routed mixer; in sparse mode by default with room for every token (capacity factor 2: no overflow)."""
+    return RoutedMixer(gdn, attn, mode, capacity_factor=capacity_factor, block_size=block_size)
+
+
+@pytest.mark.parametrize("block_size", [128, 4])  # one block of 9, or blocks of 4, 4 and 1 (padded)
 @pytest.mark.parametrize("choice", [CHOICES, CHOICES[:1], torch.randint(0, 2, (3, 9), generator=torch.Generator()
                                                                           .manual_seed(5))])
-def test_sparse_computes_the_dense_forward(choice):
+def test_sparse_computes_the_dense_forward_where_no_token_overflows(choice, block_size):
     gdn, attn = mechanisms()
     x = torch.randn(choice.shape[0], 9, 16, dtype=torch.float64)
     weights, _ = routed(choice)
     dense, _ = RoutedMixer(gdn, attn, "dense")(x, weights, choice)
-    sparse, _ = RoutedMixer(gdn, attn, "sparse")(x, weights, choice)
+    sparse, aux = mixer(gdn, attn, "sparse", block_size=block_size)(x, weights, choice)
     torch.testing.assert_close(sparse, dense, rtol=0, atol=1e-10)
+    assert aux["overflow"].item() == 0
 
 
 def test_dense_output_is_the_chosen_mechanisms():
@@ -125,7 +132,7 @@ def test_gradients_reach_both_mechanisms_and_the_router(mode):
     gdn, attn = mechanisms()
     x = torch.randn(4, 9, 16, dtype=torch.float64)
     weights, logits = routed(CHOICES)
-    y, _ = RoutedMixer(gdn, attn, mode)(x, weights, CHOICES)
+    y, _ = mixer(gdn, attn, mode)(x, weights, CHOICES)
     y.square().sum().backward()
     for name, p in [*gdn.named_parameters(prefix="gdn"), *attn.named_parameters(prefix="attn")]:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
@@ -140,7 +147,7 @@ def test_sparse_gradient_flows_through_the_chosen_mechanism_only():
     grads = {}
     for mode in ("dense", "sparse"):
         weights = one_hot.clone().requires_grad_()
-        y, _ = RoutedMixer(gdn, attn, mode)(x, weights, CHOICES)
+        y, _ = mixer(gdn, attn, mode)(x, weights, CHOICES)
         y.sum().backward()
         grads[mode] = weights.grad
     assert (grads["dense"] != 0).all()
@@ -148,11 +155,54 @@ def test_sparse_gradient_flows_through_the_chosen_mechanism_only():
     assert (grads["sparse"][..., GDN][CHOICES == SOFTMAX] == 0).all()
 
 
-def test_sparse_declares_data_dependent_shapes_and_modes_are_checked():
+def test_tokens_over_the_capacity_of_their_block_take_gdn_and_are_counted():
+    """Capacity factor 1 with blocks of 4: softmax takes ceil(1 * 4 / 2) = 2 tokens per block (and of the last
+    block, 1 position, its 1), the first ones in position order. Row 1 routes all 9 tokens to softmax: positions 2,
+    3, 6, 7 overflow; row 2 routes 1, 2 and 5: none. An overflowed token takes GDN's output at full weight (its
+    one-hot weight on GDN is 0) and its router gets no gradient from it; the others are dense mode's."""
     gdn, attn = mechanisms()
-    assert RoutedMixer(gdn, attn, "sparse").data_dependent_shapes
-    assert not RoutedMixer(gdn, attn, "dense").data_dependent_shapes
+    choice = torch.tensor([[1] * 9, [0, 1, 1, 0, 0, 1, 0, 0, 0]])
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    weights, logits = routed(choice)
+    sparse = mixer(gdn, attn, "sparse", capacity_factor=1.0, block_size=4)
+    assert sparse.blocks(9) == (4, 3, 2) and sparse.blocks(3) == (3, 1, 2)  # (positions per block, blocks, slots)
+    y, aux = sparse(x, weights, choice)
+    overflowed = torch.zeros(2, 9, dtype=torch.bool)
+    overflowed[0, [2, 3, 6, 7]] = True
+    expected = torch.where((choice == SOFTMAX).unsqueeze(-1), attn(x)[0], gdn(x)[0])
+    expected[overflowed] = gdn(x)[0][overflowed]
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-10)
+    assert aux["overflow"].item() == pytest.approx(4 / 18)
+    y.sum().backward()
+    assert (logits.grad[overflowed] == 0).all() and (logits.grad[~overflowed] != 0).all()
+
+
+def test_sparse_shapes_follow_the_length_alone_so_it_compiles_as_one_graph():
+    """No host read and no data-dependent shape: torch.compile(fullgraph=True) refuses a forward that reads a
+    tensor's value on the host (the padded count of softmax queries did), and a graph compiled on one routing
+    serves every other routing of the same length without recompiling."""
+    from torch._dynamo.testing import CompileCounter
+
+    gdn, attn = mechanisms()
+    graphs = CompileCounter()  # compiles nothing: counts the graphs and runs them as they are
+    compiled = torch.compile(mixer(gdn, attn, "sparse", capacity_factor=1.0, block_size=4), fullgraph=True,
+                             backend=graphs, dynamic=False)
+    x = torch.randn(3, 9, 16, dtype=torch.float64)
+    for seed in range(3):
+        choice = torch.randint(0, 2, (3, 9), generator=torch.Generator().manual_seed(seed))
+        choice[0] = seed % 2  # all GDN, all softmax, all GDN
+        weights, _ = routed(choice)
+        y, _ = compiled(x, weights, choice)
+        torch.testing.assert_close(y, mixer(gdn, attn, "sparse", 1.0, 4)(x, weights, choice)[0], rtol=0, atol=1e-12)
+    assert graphs.frame_count == 1
+
+
+def test_sparse_has_fixed_shapes_and_settings_are_checked():
+    gdn, attn = mechanisms()
+    assert not any(getattr(m, "data_dependent_shapes", False) for m in RoutedMixer(gdn, attn, "sparse").modules())
     assert RoutedMixer(gdn, attn).no_weight_decay() == {"gdn.A_log", "gdn.dt_bias"}
-    with pytest.raises(ConfigError) as info:
-        RoutedMixer(gdn, attn, "lazy")
-    assert info.value.key == "mode"
+    for settings, key in ((dict(mode="lazy"), "mode"), (dict(capacity_factor=0), "capacity_factor"),
+                          (dict(capacity_factor=True), "capacity_factor"), (dict(block_size=0), "block_size")):
+        with pytest.raises(ConfigError) as info:
+            RoutedMixer(gdn, attn, **settings)
+        assert info.value.key == key

@@ -90,7 +90,7 @@ def test_where_on_a_configured_routed_transformer(tmp_path):
     from runtime.config.build import build, build_net
     from runtime.config.compose import compose_config
 
-    cfg = compose_config(["experiment=routed_cpu", "data.p=7", "model.n_layers=2", "model.d_model=16",
+    cfg = compose_config(["experiment=routed_none", "size=cpu", "data.p=7", "model.n_layers=2", "model.d_model=16",
                           "model.n_heads=2", "regularizer=entropy", "+regularizer.entropy.where=layer_1/ffn"],
                          output_dir=tmp_path)
     data = instantiate(cfg.data)

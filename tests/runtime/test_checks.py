@@ -67,7 +67,7 @@ def test_bad_setting_is_refused_in_one_line_naming_it(no_gpu, override, message)
     [], ["threads=2"], ["matmul_precision=high"], ["trainer.devices=-1"], ["trainer.devices=auto"],
     ["trainer.devices=[0,1]"], ["trainer.devices='0,1'"], ["trainer.devices='2'"], ["trainer.precision=32"],
     ["trainer.precision=bf16"], ["trainer.precision=16-mixed"], ["trainer=cpu"], ["init_scale=2"],
-    ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], ["experiment=transformer_grok_cpu"],
+    ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], ["experiment=transformer_grok", "size=cpu"],
 ])
 def test_good_settings_pass(no_gpu, overrides):
     check_run_settings(compose_config(overrides))

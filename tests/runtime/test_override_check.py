@@ -1,4 +1,5 @@
-"""A misspelled override key is reported in one line with the closest setting (runtime/config/override_check.py)."""
+"""A misspelled override key is reported in one line with the closest setting, a renamed option with what replaces
+it (runtime/config/override_check.py)."""
 
 import pytest
 
@@ -40,9 +41,9 @@ def test_a_misspelled_key_is_named_with_the_closest_setting(args, message):
 @pytest.mark.parametrize(
     "args",
     [
-        [], ["seed=0,1"], ["experiment=routed_cpu"], ["hydra.run.dir=x"], ["-m", "seed=0,1", "optimizer.lr=1e-3"],
-        ["experiment=routed_cpu", "model.n_ffn_heads=3"], ["model=transformer", "model.n_heads=2"],
-        ["seed=range(0,3)"], ["-m", "experiment=routed_cpu,transformer_grok_cpu", "model.n_heads=2"],
+        [], ["seed=0,1"], ["experiment=routed_none", "size=cpu"], ["hydra.run.dir=x"], ["-m", "seed=0,1", "optimizer.lr=1e-3"],
+        ["experiment=routed_none", "size=cpu", "model.n_ffn_heads=3"], ["model=transformer", "model.n_heads=2"],
+        ["seed=range(0,3)"], ["-m", "experiment=routed_none,transformer_grok", "size=cpu,source", "model.n_heads=2"],
         ["+regularizer.extra._target_=tests.helpers.NaNAfter"], ["~data.val_fraction"], ["++data.new=1"],
         ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"], ["--cfg", "job"], ["sweep=seeds"],
         ["data.operations=[add,mul]", "trainer.devices=[0,1]", "tags=[a,b]"],
@@ -56,3 +57,15 @@ def test_existing_keys_group_choices_sweeps_and_hydra_settings_pass(args):
                                   ["--help"], ["data.p=(("], ["--config-name", "other", "data.pp=5"]])
 def test_what_cannot_be_checked_is_left_to_hydra(args):
     assert unknown_key_message(args) is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["experiment=transformer_grok_cpu"],
+     "experiment=transformer_grok_cpu was renamed: use experiment=transformer_grok size=cpu"),
+    (["-m", "experiment=mlp_grok,routed_cpu", "seed=0,1"],
+     "experiment=routed_cpu was renamed: use experiment=routed_none size=cpu"),
+    (["experiment=mqar_cpu", "data.pp=5"], "experiment=mqar_cpu was renamed: use experiment=mqar"),
+    (["experiment=hybrid_static", "+lm_size=cpu"], "lm_size=cpu was renamed: use size=cpu"),
+])
+def test_a_renamed_option_is_one_line_with_what_replaces_it(args, message):
+    assert unknown_key_message(args) == message
