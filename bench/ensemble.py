@@ -11,8 +11,9 @@ speed does not depend on its seed); by default all E run.
 Also printed: the ensemble's achieved FLOP/s, the FLOPs of one training step of the ensemble (forward and backward
 of every member on the run's first batch, counted by `torch.utils.flop_counter.FlopCounterMode`: matrix products
 and attention, not elementwise ops) times its steady steps/s, and that as a fraction of the device's dense peak at
-the run's matmul precision (core/device_peaks.py; `--peak-tflops` overrides it, and on a CPU, which the table does
-not know, gives one). Whether the step ran compiled (`ensemble.compile`, default: on CUDA) is printed with it.
+the run's matmul precision (core/device_peaks.py, read as the throughput callback reads it; `--peak-tflops`
+overrides it, and on a CPU, which the table does not know, gives one). Whether the step ran compiled
+(`ensemble.compile`, default: on CUDA) is printed with it.
 
     python bench/ensemble.py [--device cpu|cuda] [--experiment nanda_grok] [--members 32] [--steps 500]
                              [--sequential-runs K] [--peak-tflops T] [overrides...]
@@ -32,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.overhead import ACCELERATOR, StepTimer  # noqa: E402
-from core.device_peaks import compute_precision, peak_flops  # noqa: E402
+from callbacks.run.throughput import device_peak  # noqa: E402
 from launch import run  # noqa: E402
 from runtime.config.build import build  # noqa: E402
 from runtime.config.compose import compose_config  # noqa: E402
@@ -116,25 +117,24 @@ def main() -> None:
     counted = ensemble[2]
     print(f"ensemble   : {ensemble[0]:8.1f} model-steps/s steady, {ensemble[1]:8.1f} whole run "
           f"(step {'compiled' if counted.compiled else 'eager'})")
-    print(flop_line(counted.flops, ensemble[0] / args.members, args, overrides, device))
+    print(flop_line(counted.flops, ensemble[0] / args.members, args, overrides))
     print(f"sequential : {sequential[0]:8.1f} model-steps/s steady, {sequential[1]:8.1f} whole run "
           f"({runs} of {args.members} solo runs timed)")
     print(f"speed-up ensemble/sequential = {ensemble[0] / sequential[0]:.2f}x steady, "
           f"{ensemble[1] / sequential[1]:.2f}x whole run  (target on a GPU: >= 10x for 32 members of nanda_grok)")
 
 
-def flop_line(step_flops: int, steps_per_second: float, args, overrides: list[str], device: str) -> str:
-    """Achieved FLOP/s of the ensemble's steady steps, and its fraction of the device's peak where one is known."""
+def flop_line(step_flops: int, steps_per_second: float, args, overrides: list[str]) -> str:
+    """Achieved FLOP/s of the ensemble's steady steps, and its fraction of the device's peak where one is known
+    (after the run, which set the float32 matmul precision its config asks for)."""
     achieved = step_flops * steps_per_second
     line = (f"achieved   : {achieved / 1e12:8.3f} TFLOP/s ({step_flops / 1e9:.3f} GFLOP a step of all members, "
             f"{step_flops / args.members / 1e9:.3f} GFLOP a model-step, FlopCounterMode)")
-    cfg = compose_config(overrides)
-    precision = compute_precision(cfg.trainer.precision, cfg.get("matmul_precision", "highest"), args.device)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device, precision)
+    device = torch.device(ACCELERATOR[args.device].replace("gpu", "cuda"))
+    peak = device_peak(device, str(compose_config(overrides).trainer.precision), args.peak_tflops)
     if peak is None:
-        return f"{line}; peak of {device} at {precision} unknown: give --peak-tflops for the fraction"
-    return f"{line}; {achieved / peak:.1%} of {peak / 1e12:.1f} TFLOP/s peak ({precision}" + \
-        (", --peak-tflops)" if args.peak_tflops else f", {device})")
+        return f"{line}; no peak known for {device.type} (--peak-tflops gives the fraction)"
+    return f"{line}; {achieved / peak[0]:.1%} of the peak, {peak[0] / 1e12:.1f} TFLOP/s ({peak[1]})"
 
 
 if __name__ == "__main__":
