@@ -291,6 +291,7 @@ def test_ensemble_members_are_their_own_wandb_runs_in_the_sweep_group(tmp_path, 
         assert any(offline.glob("*.wandb"))
 
 
+@pytest.mark.usefixtures("compile_cache_of_this_kernel_set")
 @pytest.mark.rounding
 @pytest.mark.parametrize("kind", ["mlp", "transformer"])
 def test_the_compiled_stacked_step_is_the_eager_one(one_thread, kind):

@@ -102,6 +102,7 @@ def test_a_member_not_kept_is_left_exactly_as_it_was():
     assert not torch.equal(stacked.flat[0], before[0]) and not torch.equal(stacked.flat[2], before[2])
 
 
+@pytest.mark.usefixtures("compile_cache_of_this_kernel_set")
 @pytest.mark.rounding
 def test_the_compiled_update_is_the_eager_one():
     """`compiled=True` (torch.compile, what an ensemble on a GPU runs) against the eager update, from identical
