@@ -1,4 +1,4 @@
-"""`python -m analysis <run or sweep folder> [--out DIR] [--grok-key KEY] [--metric NAME]`
+"""`python -m analysis <run or sweep folder> [--out DIR] [--grok-key KEY] [--metric NAME] [--baseline KEY=VALUE]`
 
 Prints the sweep table (Markdown) and the files written: table.csv, table.md and the figures, into
 `<folder>/analysis/` unless --out says otherwise. A bad path or key is one line on stderr and exit code 1; a damaged
@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grok-key", default=DEFAULT_GROK_KEY, help=f"grok/* step to plot (default {DEFAULT_GROK_KEY}, or the runs' "
                         "own val threshold of 0.99)")
     parser.add_argument("--metric", default="val/acc", help="metric whose curves are overlaid (default val/acc)")
+    parser.add_argument("--baseline", default=None, help="KEY=VALUE: the runs steps to 95 %% are divided by "
+                        "(ratio/grok/... columns; default: the first job's experiment when the sweep runs several)")
     return parser.parse_args(argv)
 
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 def analyse(args: argparse.Namespace) -> int:
     try:
         jobs = find_jobs(args.path)
-        table = sweep_table(jobs, args.path)
+        table = sweep_table(jobs, args.path, args.baseline)
         grok_keys = [c for c in table.columns if c.startswith("grok/")]
         if args.grok_key == DEFAULT_GROK_KEY and DEFAULT_GROK_KEY not in grok_keys:  # runs judged by another metric
             args.grok_key = next((k for k in grok_keys if k.startswith("grok/val_") and k.endswith("_0.99_step")),

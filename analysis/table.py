@@ -2,10 +2,12 @@
 
 Columns: run (folder relative to the analysed path), job, the swept values (override keys whose value differs
 between jobs; seed has its own column), seed, status, steps, final train/val(/test) accuracy (and exact match for
-multi-token answers), the grok/* steps,
+multi-token answers), each validation accuracy with its best over training beside it (`best/val/acc`), the grok/*
+steps with steps to 95 % as a ratio to a baseline's (`ratio/grok/...`; these derived columns: analysis/derived.py),
 grokked, the run's dynamics (analysis/dynamics.py: grokking, instant generalisation, memorisation, ...), for sequence
 tasks its loss phase against the task's loss bounds (memorising / generalising / at_bound), the last
-logged gates/effective_depth (gated nets), the `circuits/*` numbers of the final weights that compare runs
+logged gates/effective_depth (gated nets) and `fourier/*` measures, the `circuits/*` numbers of the final weights
+that compare runs
 (ablation accuracies, logit attribution shares, expert-operation mutual information: callbacks/diagnostics/digit_circuits.py),
 wall_time_s, the init fingerprint (paired runs share
 it), and error when a run recorded one.
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from analysis.derived import BEST_OF, best_over_training, last_fourier, with_baseline_ratios
 from analysis.dynamics import classify_dynamics
 from analysis.sweep import Job, find_jobs, relative_name
 from datamodules.loss_bounds import classify_phase, loss_bounds
@@ -66,9 +69,11 @@ def _row(job: Job, root: Path, swept: Sequence[str]) -> dict[str, Any]:
     row |= {SEED: summary.get(SEED, config_seed if config_seed is not None else job.overrides.get(SEED)),
             "status": job.status, "steps": summary.get("steps")}
     row |= {name: _number(value) for name, value in summary.get("final", {}).items() if name in FINAL_METRICS}
+    row |= best_over_training(run.metrics) if run else {}
     row |= summary.get("grok", {})
     row["grokked"] = summary.get("grokked")
     row[DEPTH] = run.last(DEPTH) if run else None
+    row |= last_fourier(run.metrics) if run else {}
     row["dynamics"] = dynamics(run) if run and job.status not in ("failed", "missing") else None
     row["loss_phase"] = summary.get("loss_phase") or (
         loss_phase(run.config.get("data", {}), summary.get("final", {})) if run else None)
@@ -108,7 +113,7 @@ def _known_dtype(name: str) -> str | None:
         return "Int64"
     if name == "grokked":
         return "boolean"
-    if name in (*FINAL_METRICS, DEPTH, "wall_time_s"):
+    if name in (*FINAL_METRICS, DEPTH, "wall_time_s") or name.startswith(("best/", "fourier/")):
         return "float64"
     return None
 
@@ -130,20 +135,24 @@ def _typed(column: pd.Series) -> pd.Series:
     return column
 
 
-def sweep_table(jobs: Sequence[Job], root: Path) -> pd.DataFrame:
+def sweep_table(jobs: Sequence[Job], root: Path, baseline: str | None = None) -> pd.DataFrame:
+    """`baseline`: `KEY=VALUE`, the rows steps to 95 % are divided by (analysis/derived.py; None: its default)."""
     swept = swept_keys(jobs)
     rows = [_row(job, root, swept) for job in jobs]
-    order = ["run", "job", *swept, SEED, "status", "steps", *FINAL_METRICS]
+    best = [f"best/{name}" for name in BEST_OF]
+    finals = [column for name in FINAL_METRICS for column in (name, f"best/{name}") if column in (name, *best)]
+    order = ["run", "job", *swept, SEED, "status", "steps", *finals]
     order += list(dict.fromkeys(k for r in rows for k in r if k.startswith("grok/")))
     order += ["grokked", "dynamics", "loss_phase", DEPTH]
+    order += list(dict.fromkeys(k for r in rows for k in r if k.startswith("fourier/")))
     order += list(dict.fromkeys(k for r in rows for k in r if k.startswith("circuits/")))
     order += ["wall_time_s", "init_fingerprint", "error"]
     columns = {name: pd.Series([row.get(name) for row in rows], dtype=object, name=name) for name in order}
-    optional = [*FINAL_METRICS[2:], DEPTH, "error", "dynamics", "loss_phase", "init_fingerprint"]  # when some run has them
+    optional = [*FINAL_METRICS[2:], *best, DEPTH, "error", "dynamics", "loss_phase", "init_fingerprint"]  # when some run has them
     table = pd.DataFrame({name: _typed(values) for name, values in columns.items()
                           if name not in optional or values.notna().any()})
     table.attrs["swept"] = swept
-    return table
+    return with_baseline_ratios(table, baseline)
 
 
 def _cell(value: Any) -> str:

@@ -19,6 +19,17 @@ routers there are.
 load_balance (Switch Transformer, Fedus et al. 2021) is over the batch, not per token: N * sum_i f_i P_i with f_i
 the fraction of tokens whose top choice is head i and P_i the mean weight of head i; it is 1 when usage is
 balanced and N when every token takes the same head, so it counters collapse rather than indecision.
+
+consistency (the routed-transformer study's open question 4) is across routers, not per router: an example's
+routing should agree from one layer to the next, so that head i of every layer is one path through the net (the
+least-action study's routing state is "which path did we take so far"). Per token, the mean over adjacent pairs of
+selected routers (l, l+1) of the total variation distance TV(w_l, w_{l+1}) = 1/2 sum_i |w_l,i - w_{l+1},i|, then
+the mean over tokens: 0 when every layer routes a token alike (uniform everywhere included: it does not ask for
+decisive routing, so pair it with a decisiveness term), (N-1)/N between uniform and one-hot routing, 1 between
+one-hot choices of different heads. The cross-layer coupling of Hu, Cao, Kong, Sun and Yuan ("Synergistic Intra-
+and Cross-Layer Regularization Losses for MoE Expert Specialization", PMLR vol. 306) asks the same of adjacent MoE
+layers, coherent expert pathways through depth, through their joint top-k routing probabilities; this is its soft,
+all-heads form. It needs two routers or more, of one shape (a transformer's FFN routers, a routed MLP's layers).
 """
 from __future__ import annotations
 
@@ -55,6 +66,13 @@ def load_balance(w: Tensor) -> Tensor:
     return n * (fraction * flat.mean(0)).sum()
 
 
+def consistency(layers: list[Tensor]) -> Tensor:
+    """Mean over tokens and adjacent pairs of `layers` (routing weights of one shape, in layer order) of the total
+    variation distance between the two layers' routing of a token."""
+    pairs = [0.5 * (w - v).abs().sum(-1).mean() for w, v in zip(layers, layers[1:])]
+    return torch.stack(pairs).mean()
+
+
 def aux_place(key: str, name: str = "routing") -> str:
     """Where the aux tensor `key`, called `name`, comes from: `layer_1/ffn` for `layer_1/ffn/routing`."""
     return key.removesuffix(name).removesuffix("/")
@@ -85,15 +103,18 @@ def select(output: NetOutput, name: str, where: str | None) -> dict[str, Tensor]
 
 class RoutingRegularizer(Regularizer):
     """Mean over the selected routers of `per_token(weights)` averaged over tokens (`load_balance` is already a
-    batch term); `where` selects the routers (module docstring), null = every one."""
+    batch term), or for `consistency` a term across them; `where` selects the routers (module docstring), null =
+    every one."""
 
     TERMS = {"entropy": entropy, "sparsity": sparsity, "gini": gini_gap, "load_balance": load_balance}
+    ACROSS_ROUTERS = {"consistency": consistency}
 
     def __init__(self, kind: str, weight: float, where: str | None = None):
         super().__init__(weight)
-        require(kind in self.TERMS, "kind", kind, ", ".join(self.TERMS))
+        kinds = {**self.TERMS, **self.ACROSS_ROUTERS}
+        require(kind in kinds, "kind", kind, ", ".join(kinds))
         check_where(where)
-        self.kind, self.fn, self.where = kind, self.TERMS[kind], where
+        self.kind, self.fn, self.where = kind, kinds[kind], where
 
     def routers(self, output: NetOutput) -> list[Tensor]:
         """The routing weights this regulariser reads, in layer order."""
@@ -107,4 +128,11 @@ class RoutingRegularizer(Regularizer):
             places = ", ".join(router_place(key) for key in output.named("routing"))
             raise ValueError(f"the '{self.kind}' routing regulariser's where={self.where!r} selects no router; "
                              f"routers sit at: {places}")
+        if self.kind in self.ACROSS_ROUTERS:
+            shapes = {tuple(w.shape) for w in selected}
+            if len(selected) < 2 or len(shapes) > 1:
+                places = ", ".join(select(output, "routing", self.where))
+                raise ValueError(f"the '{self.kind}' routing regulariser compares routers layer to layer: it needs "
+                                 f"two or more of one shape, and selects {places} (shapes {sorted(shapes)})")
+            return self.fn(selected)
         return torch.stack([self.fn(w).mean() for w in selected]).mean()

@@ -27,6 +27,8 @@ CPU_FORMS = {
     "grokfast_paper": ["grokfast_paper"],
     "hybrid_static": ["hybrid_static"],
     "hybrid_dynamic": ["hybrid_static"],
+    **{name: ["least_action"] for name in ("least_action", "least_action_gumbel")},
+    "least_action_routed": ["least_action", "least_action_routed"],
 }
 # experiments whose data choice follows the size (their defaults list: `override /data: <name>_${size}`): at
 # size=cpu the source config to which the CPU forms are added takes that data

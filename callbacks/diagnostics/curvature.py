@@ -1,4 +1,6 @@
-"""Loss curvature along training: gradient norm, Hessian trace, top Hessian eigenvalue, empirical Fisher trace.
+"""Loss curvature along training: gradient norm, Hessian trace, top Hessian eigenvalue, empirical Fisher trace,
+and the input-output Jacobian norm (the least-action study's "Curvature metrics (Jacobian, Hessian, gradient norm,
+Fisher)").
 
 Grokking is often read as a move from a sharp memorising solution to a flatter generalising one; these four
 numbers track that on a fixed subset of the training split. Everything is matrix-free: the Hessian is only touched
@@ -26,7 +28,7 @@ from nets.kernels.fla_choice import reference_form
 
 Vectors = list[Tensor]  # one tensor per parameter, same shapes: a point of parameter space
 
-QUANTITIES = ("grad_norm", "hessian_trace", "top_eigenvalue", "fisher_trace")
+QUANTITIES = ("grad_norm", "hessian_trace", "top_eigenvalue", "fisher_trace", "jacobian_norm")
 SIGNED = ("hessian_trace", "top_eigenvalue")
 
 
@@ -145,6 +147,44 @@ def fisher_trace(logits_fn: Callable[[Mapping[str, Tensor], Tensor], Tensor], pa
     return float(total) / len(inputs)
 
 
+def jacobian_norm(net: torch.nn.Module, inputs: Tensor, n_targets: int) -> float | None:
+    """The mean over examples of ||J_i||_F, J_i = d z_i / d x_i: z_i the example's answer logits (its last
+    `n_targets` positions x classes), x_i its input as the net reads it:
+    - a one-hot net (`input_kind = "onehot"`): the one-hot vector itself, so J_i is the input-output Jacobian;
+    - a token net: the output of its `token_embedding` (every position's token embedding, before positions are
+      added; the sum's Jacobian is the same), so J_i is d logits / d input embedding.
+    None for a net that is neither. Exact, not estimated: one backward pass per output coordinate (n_targets x
+    classes), each giving every example's row at once, since in eval mode an example's logits depend on its own
+    input only. How sharply the function turns with its input: a smooth (generalising) solution should have a
+    smaller one than a memorising one.
+    """
+    dtype = next(net.parameters()).dtype
+    if getattr(net, "input_kind", None) == "onehot":
+        x = inputs.to(dtype).detach().requires_grad_(True)
+        logits = aligned_logits(net(x), n_targets)
+    elif isinstance(getattr(net, "token_embedding", None), torch.nn.Module):
+        read: list[Tensor] = []
+
+        def as_leaf(module, args, output):  # the embedding, as the leaf the Jacobian is taken by
+            read.append(output.detach().requires_grad_(True))
+            return read[-1]
+
+        handle = net.token_embedding.register_forward_hook(as_leaf)
+        try:
+            logits = aligned_logits(net(inputs), n_targets)
+        finally:
+            handle.remove()
+        (x,) = read
+    else:
+        return None
+    flat = logits.flatten(1)  # (N, n_targets * classes)
+    squared = torch.zeros(len(flat), dtype=torch.float64, device=flat.device)
+    for k in range(flat.shape[1]):
+        (row,) = torch.autograd.grad(flat[:, k].sum(), x, retain_graph=k + 1 < flat.shape[1])
+        squared += row.flatten(1).double().pow(2).sum(1)
+    return float(squared.sqrt().mean())
+
+
 class Curvature(Diagnostic):
     """Logs `curvature/{grad_norm,hessian_trace,top_eigenvalue,fisher_trace}` of the task loss on the same
     `subset_size` training examples (the task's `examples("train", subset_size)`: works on any task), every
@@ -157,13 +197,15 @@ class Curvature(Diagnostic):
     train/eval mode and the global RNG are left as they were, so training is not perturbed. Probes come from a
     generator seeded with `seed` + step: a rerun measures the same numbers.
     Cost per measurement: about 1 + n_probes + power_iters double-backward passes plus one per-example pass.
+    With `jacobian` (on by default) it also logs `curvature/jacobian_norm` (`jacobian_norm`: answer positions x
+    classes backward passes; off for large vocabularies) on nets that have one.
     """
 
     name = "curvature"
 
     def __init__(self, every_n_steps: int = 1000, subset_size: int = 512, n_probes: int = 16,
                  power_iters: int = 100, power_tol: float = 1e-4, fisher_chunk_size: int = 64, seed: int = 0,
-                 plot_every_n_steps: int | None = None, plot: bool = True):
+                 plot_every_n_steps: int | None = None, plot: bool = True, jacobian: bool = True):
         super().__init__(every_n_steps, plot_every_n_steps=plot_every_n_steps, plot=plot)
         require(isinstance(subset_size, int) and subset_size >= 1, "subset_size", subset_size, "an integer >= 1")
         require(isinstance(n_probes, int) and n_probes >= 1, "n_probes", n_probes, "an integer >= 1")
@@ -171,7 +213,8 @@ class Curvature(Diagnostic):
         require(isinstance(power_tol, (int, float)) and power_tol >= 0, "power_tol", power_tol, "a number >= 0")
         require(isinstance(fisher_chunk_size, int) and fisher_chunk_size >= 1, "fisher_chunk_size",
                 fisher_chunk_size, "an integer >= 1")
-        self.subset_size, self.n_probes, self.seed = subset_size, n_probes, seed
+        require(isinstance(jacobian, bool), "jacobian", jacobian, "true or false")
+        self.subset_size, self.n_probes, self.seed, self.jacobian = subset_size, n_probes, seed, jacobian
         self.power_iters, self.power_tol, self.fisher_chunk_size = power_iters, power_tol, fisher_chunk_size
 
     def subset(self, trainer: pl.Trainer, device: torch.device | None = None) -> Batch:
@@ -180,7 +223,7 @@ class Curvature(Diagnostic):
         return subset if device is None else Batch(*(t.to(device) for t in subset))
 
     def compute(self, pl_module: pl.LightningModule, batch: Batch, step: int = 0) -> dict[str, float]:
-        """The four numbers for `pl_module` on `batch` (mode restored afterwards)."""
+        """The numbers for `pl_module` on `batch` (mode restored afterwards)."""
         net = pl_module.net
         named = {name: p for name, p in net.named_parameters() if p.requires_grad}
         params = list(named.values())
@@ -199,13 +242,15 @@ class Curvature(Diagnostic):
             # the fused attention kernels have no double backward; the math kernel and the reference forms have
             with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), reference_form():
                 grads = torch.autograd.grad(loss_fn(), params, materialize_grads=True)
-                return {
+                values = {
                     "grad_norm": math.sqrt(float(dot(grads, grads))),
                     "hessian_trace": hutchinson_trace(loss_fn, params, self.n_probes, generator),
                     "top_eigenvalue": top_eigenvalue(loss_fn, params, self.power_iters, self.power_tol, generator),
                     "fisher_trace": fisher_trace(logits_fn, named, batch.inputs, batch.targets,
                                                  self.fisher_chunk_size, batch.answer_mask),
                 }
+                jacobian = jacobian_norm(net, batch.inputs, batch.targets.shape[1]) if self.jacobian else None
+                return values if jacobian is None else {**values, "jacobian_norm": jacobian}
         finally:
             pl_module.train(was_training)
 
@@ -221,6 +266,8 @@ class Curvature(Diagnostic):
         ax = fig.add_subplot()
         steps = [h["step"] for h in self.history]
         for name in QUANTITIES:  # the trace and the eigenvalue can be negative: drawn as |x|, negatives marked
+            if name not in self.history[-1]:  # the Jacobian norm, off or not defined for the net
+                continue
             signed = name in SIGNED
             label = f"|{name}|" if signed else name
             ax.plot(steps, [abs(h[name]) for h in self.history], marker="o", ms=3, label=label.replace("_", " "))

@@ -34,7 +34,8 @@ class Transformer(nn.Module):
     weight but the unembedding's N(0, 1/num_classes) (theirs is 1/(p+1): its = token is a class too), so
     `init_std` is then ignored. Biases start at zero in both. A part's raw weight matrices (not in an
     nn.Linear) are drawn the same way through its `init_normal_(std)`.
-    Aux tensors are keyed `layer_<i>/mixer/<name>` and `layer_<i>/ffn/<name>` (core/output.py).
+    Aux tensors are keyed `layer_<i>/mixer/<name>` and `layer_<i>/ffn/<name>` (core/output.py). An FFN's `state`
+    (the routed FFN's stateful gate) goes to the next block, not into aux.
     """
 
     input_kind = "tokens"
@@ -97,8 +98,10 @@ class Transformer(nn.Module):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.token_embedding(tokens) + self.position_embedding(positions)
         aux: dict[str, Tensor] = {}
+        state = None  # a routing state the FFNs carry from block to block (the routed FFN's stateful gate)
         for i, block in enumerate(self.blocks):
-            x, block_aux = block(x, return_attention)
+            x, block_aux = block(x, return_attention, state)
+            state = block_aux.pop("ffn/state", None)
             aux.update({f"layer_{i}/{key}": t for key, t in block_aux.items()})
         return NetOutput(logits=self.unembed(self.ln_final(x)), aux=aux)
 

@@ -54,11 +54,15 @@ class Block(nn.Module):
     def mixer(self) -> nn.Module:
         return self.attn
 
-    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        """-> (residual stream, aux tensors keyed `<slot>/<name>`, e.g. `mixer/attention`, `ffn/routing`)."""
+    def forward(self, x: Tensor, return_attention: bool = False,
+                state: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """-> (residual stream, aux tensors keyed `<slot>/<name>`, e.g. `mixer/attention`, `ffn/routing`).
+        An FFN that carries a state through the layers (`takes_state`: the routed FFN's stateful gate) gets the
+        previous block's `state` and returns its own as `ffn/state`."""
         a, mixer_aux = self.attn(self.ln_attn(x), return_attention=return_attention)
         x = x + a
-        f, ffn_aux = self.ffn(self.ln_ffn(x))
+        carried = {"state": state} if getattr(self.ffn, "takes_state", False) else {}
+        f, ffn_aux = self.ffn(self.ln_ffn(x), **carried)
         aux = {f"mixer/{name}": t for name, t in mixer_aux.items()}
         aux.update({f"ffn/{name}": t for name, t in ffn_aux.items()})
         return x + f, aux

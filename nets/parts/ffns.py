@@ -9,13 +9,20 @@ weight decay with `no_weight_decay()` (names relative to itself). `d_hidden` nul
 - `GLUFFN`: down(act(gate(x)) * up(x)), a gated linear unit (Shazeer 2020, "GLU Variants Improve Transformer":
   gelu gives GEGLU, silu SwiGLU, relu ReGLU). At the same d_hidden it has 1.5x the MLP's weights; `match="dense"`
   reads d_hidden as the dense MLP's width and takes the width that matches its parameter count (nets/parts/matching.py).
-- `RoutedFFN`: N parallel MLP heads mixed per token by a softmax gate on the token's residual stream,
-  w = softmax(W_gate x) (..., N), out = sum_i w_i FFN_i(x). The gate (weight and bias) is declared
-  no-weight-decay: decay pulls it to zero, the softmax to uniform, and no head can specialise (the routed-
-  transformer study's finding 4); `optimizer.decay.declared=true` puts it back under decay.
+- `RoutedFFN`: N parallel MLP heads mixed per token by a softmax gate, out = sum_i w_i FFN_i(x), w (..., N).
+  `gate="linear"`: w = softmax(W_gate x), on the token's residual stream alone. `gate="stateful"`: the gate also
+  reads a routing state s that runs through the layers with the token (the least-action study's RoutedNetwork,
+  whose parameter names the routed-transformer study's no-decay list `gate`, `state_proj`, `input_proj` implies):
+      w_l = softmax(W_gate GELU(W_state s_{l-1} + W_input x_l)),    s_l = W_update [s_{l-1}; out_l]
+  with s_0 = 0 before the first routed layer (the least-action study starts it from the embedding, RouteInit(x_0);
+  here the first layer's input_proj reads the token already). The transformer hands each block's new state to the
+  next (`takes_state`). The gate's parameters (W_gate, and for `stateful` W_state, W_input, W_update, the state's
+  own projection) are declared no-weight-decay: decay pulls them to zero, the softmax to uniform, and no head can
+  specialise (the routed-transformer study's finding 4); `optimizer.decay.declared=true` puts them back under decay.
 """
 from __future__ import annotations
 
+import torch
 from einops import einsum
 from torch import Tensor, nn
 
@@ -78,20 +85,44 @@ class GLUFFN(nn.Module):
 
 
 class RoutedFFN(nn.Module):
+    """`gate`: `linear` (reads x) or `stateful` (reads x and the routing state, `state_dim` wide; module docstring).
+    With `stateful`, forward takes the previous layer's `state` (None: the first layer, s = 0) and returns the new
+    one as aux `state`."""
+
+    GATES = ("linear", "stateful")
+
     def __init__(self, d_model: int, n_heads: int = 4, d_hidden: int | None = None, activation: str = "gelu",
-                 bias: bool = True):
+                 bias: bool = True, gate: str = "linear", state_dim: int = 32):
         super().__init__()
         require(isinstance(n_heads, int) and n_heads >= 2, "n_heads", n_heads, "an integer >= 2")
+        require(gate in self.GATES, "gate", gate, "linear (softmax of a linear map of x) or stateful (x and a "
+                "routing state through the layers)")
+        require(isinstance(state_dim, int) and state_dim >= 1, "state_dim", state_dim, "an integer >= 1",
+                related=["gate"])
         # the order of construction draws the random numbers of the RoutedTransformer this replaces: heads, gate
         self.heads = ParallelMLPHeads(n_heads, d_model, hidden_width(d_model, d_hidden), activation, bias)
+        self.takes_state = gate == "stateful"
+        if self.takes_state:
+            self.state_dim = state_dim
+            self.state_proj = nn.Linear(state_dim, d_model)
+            self.input_proj = nn.Linear(d_model, d_model)
+            self.act = nn.GELU()
+            self.state_update = nn.Linear(state_dim + d_model, state_dim)
         self.gate = nn.Linear(d_model, n_heads)  # always with a bias: `bias` is the heads'
 
-    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        weights = self.gate(x).softmax(dim=-1)  # (..., N), sums to 1 over heads
-        return einsum(weights, self.heads(x), "... n, ... n d -> ... d"), {"routing": weights}
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        if not self.takes_state:
+            weights = self.gate(x).softmax(dim=-1)  # (..., N), sums to 1 over heads
+            return einsum(weights, self.heads(x), "... n, ... n d -> ... d"), {"routing": weights}
+        if state is None:
+            state = x.new_zeros(*x.shape[:-1], self.state_dim)
+        weights = self.gate(self.act(self.state_proj(state) + self.input_proj(x))).softmax(dim=-1)
+        out = einsum(weights, self.heads(x), "... n, ... n d -> ... d")
+        return out, {"routing": weights, "state": self.state_update(torch.cat([state, out], dim=-1))}
 
     def no_weight_decay(self) -> set[str]:
-        return {"gate.weight", "gate.bias"}
+        parts = ("gate", "state_proj", "input_proj", "state_update") if self.takes_state else ("gate",)
+        return {f"{part}.{kind}" for part in parts for kind in ("weight", "bias")}
 
 
 __all__ = ["GLUFFN", "MLPFFN", "RoutedFFN"]

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from callbacks.diagnostics.curvature import Curvature, fisher_trace, hutchinson_trace, hvp_operator, top_eigenvalue
+from callbacks.diagnostics.curvature import (Curvature, fisher_trace, hutchinson_trace, hvp_operator, jacobian_norm,
+                                             top_eigenvalue)
 from core.errors import ConfigError
 from datamodules.batch import Batch, TaskSpec
 from lightning_modules import TaskModule
@@ -299,9 +300,73 @@ def test_the_callback_reads_the_task_s_training_examples_and_logs_under_curvatur
     assert torch.equal(subset.inputs, batch.inputs[:10]) and torch.equal(subset.targets, batch.targets[:10])
     metrics = callback.measure(trainer, module)
     assert set(metrics) == {"curvature/grad_norm", "curvature/hessian_trace", "curvature/top_eigenvalue",
-                            "curvature/fisher_trace"}
+                            "curvature/fisher_trace", "curvature/jacobian_norm"}
     assert callback.history == [{"step": 30, **{k.split("/")[1]: v for k, v in metrics.items()}}]
     assert metrics == {f"curvature/{k}": v for k, v in callback.compute(module, subset, 30).items()}  # seeded
+
+
+class OneHotLinear(nn.Module):
+    """logits = W x + b: its input-output Jacobian is W for every input (closed form ||W||_F)."""
+    input_kind = "onehot"
+
+    def __init__(self, w):
+        super().__init__()
+        self.linear = nn.Linear(w.shape[1], w.shape[0]).double()
+        with torch.no_grad():
+            self.linear.weight.copy_(w)
+
+    def forward(self, x):
+        return SimpleNamespace(logits=self.linear(x))
+
+
+def test_jacobian_norm_of_a_linear_one_hot_net_is_the_weights_frobenius_norm():
+    w = torch.tensor([[1.0, -2.0, 0.0], [0.5, 0.0, 2.0]], dtype=torch.float64)  # ||W||_F = sqrt(1 + 4 + 0.25 + 4)
+    x = F.one_hot(torch.tensor([0, 2, 1]), 3).double()
+    assert jacobian_norm(OneHotLinear(w), x, 1) == pytest.approx(math.sqrt(9.25), rel=1e-12)
+
+
+def test_jacobian_norm_of_an_mlp_is_the_mean_of_each_examples_exact_jacobian():
+    module, batch = tiny_module()
+    module.eval()
+    net = module.net
+    norms = [torch.linalg.norm(torch.autograd.functional.jacobian(lambda x: net(x[None]).logits[0], x))
+             for x in batch.inputs]  # (classes, 2p) each, one example at a time
+    assert jacobian_norm(net, batch.inputs, 1) == pytest.approx(float(torch.stack(norms).mean()), rel=1e-10)
+    assert Curvature().compute(module, batch)["jacobian_norm"] == pytest.approx(float(torch.stack(norms).mean()),
+                                                                                rel=1e-10)
+    assert "jacobian_norm" not in Curvature(jacobian=False).compute(module, batch)
+
+
+def test_jacobian_norm_of_a_transformer_is_by_its_token_embedding_as_central_differences_give_it():
+    """Central differences of the answer logits in each coordinate of the token embedding output (float64, step
+    1e-5: the truncation error is O(step^2 * third derivative) ~ 1e-10, far inside rel 1e-6)."""
+    torch.manual_seed(0)
+    net = Transformer(P + 1, P, 3, n_layers=1, d_model=8, init_std=0.5).double().eval()
+    a, b = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+    tokens = torch.stack([a.flatten(), b.flatten(), torch.full((P * P,), P)], 1)
+    step, columns = 1e-5, []
+
+    def logits_with(shift):
+        handle = net.token_embedding.register_forward_hook(lambda m, args, out: out + shift)
+        try:
+            with torch.no_grad():
+                return net(tokens).logits[:, -1]
+        finally:
+            handle.remove()
+
+    for position in range(3):
+        for dim in range(8):
+            shift = torch.zeros(1, 3, 8, dtype=torch.float64)
+            shift[0, position, dim] = step
+            columns.append((logits_with(shift) - logits_with(-shift)) / (2 * step))  # (N, classes): one column each
+    by_differences = torch.stack(columns, -1).flatten(1).norm(dim=1).mean()
+    assert jacobian_norm(net, tokens, 1) == pytest.approx(float(by_differences), rel=1e-6)
+    assert float(by_differences) > 0.1  # the attention and FFN make it more than a constant
+
+
+def test_jacobian_norm_is_none_for_a_net_without_a_readable_input():
+    net = nn.Linear(3, 2)
+    assert jacobian_norm(net, torch.zeros(1, 3), 1) is None
 
 
 @pytest.mark.parametrize("kwargs, key", [({"subset_size": 0}, "subset_size"), ({"n_probes": 0}, "n_probes"),

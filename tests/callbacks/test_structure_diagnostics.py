@@ -158,3 +158,48 @@ def test_figures_reach_wandb_offline(run_config, monkeypatch):
     assert summary["status"] == "completed"
     media = list((run_dir / "wandb").glob("offline-run-*/files/media/images/**/*.png"))
     assert any("head_map" in p.name for p in media) and any("curves" in p.name for p in media)
+
+
+def test_per_input_gate_measures_on_planted_gates():
+    from callbacks.diagnostics.gates import per_input_measures
+
+    gates = torch.tensor([[1.0, 1.0, 1.0, 1.0],    # add: every layer, depth 4, exits after layer 4
+                          [1.0, 0.9, 0.01, 0.0],   # add: layers 3 and 4 off, depth 1.91, exits after 2
+                          [0.5, 0.02, 0.5, 0.0],   # mul: layer 2 off but layer 3 on: exits after 3
+                          [0.0, 0.0, 0.0, 0.0]])   # mul: every layer off, depth 0, exits at once
+    group = torch.tensor([0, 0, 1, 1])
+    measured = per_input_measures(gates, group, ("add", "mul"), off_below=0.05)
+    depths = torch.tensor([4.0, 1.91, 1.02, 0.0])
+    expected = {"gates/depth_per_input/mean": depths.mean().item(), "gates/depth_per_input/std": depths.std().item(),
+                "gates/depth_per_input/min": 0.0, "gates/depth_per_input/max": 4.0,
+                "gates/depth_per_input/add": 2.955, "gates/depth_per_input/mul": 0.51,
+                "gates/off_share/layer_0": 0.25, "gates/off_share/layer_1": 0.5, "gates/off_share/layer_2": 0.5,
+                "gates/off_share/layer_3": 0.75, "gates/early_exit_share": 0.75, "gates/exit_layer/mean": 2.25}
+    assert measured.keys() == expected.keys()
+    for name, value in expected.items():
+        assert measured[name] == pytest.approx(value, abs=1e-6), name
+    one_task = per_input_measures(gates, torch.zeros(4, dtype=torch.long), ("all",), off_below=0.6)
+    assert "gates/depth_per_input/all" not in one_task  # by operation only where there are several
+    # at 0.6 input 2's 0.5 gates are off too: it exits at once, as input 3 does (exits after 4, 2, 0, 0 layers)
+    assert one_task["gates/off_share/layer_0"] == 0.5 and one_task["gates/exit_layer/mean"] == 1.5
+
+
+def test_input_gated_run_logs_depth_per_input_by_operation_on_every_equation(run_config):
+    overrides = [*FAST, "model=gated_mlp", "regularizer=compute_sum", "model.n_layers=3", "model.hidden_dim=16",
+                 "model.gate_scope=input", "model.gate_init=0.5", "data.operations=[add,mul]", "data.p=7"]
+    summary, run_dir = run_config(overrides)
+    assert summary["status"] == "completed"
+    assert "gates_depth_per_input.png" in {p.name for p in (run_dir / "plots").glob("*.png")}
+    last = metrics(run_dir).dropna(subset=["gates/depth_per_input/mean"]).iloc[-1]
+    assert last["step"] == 39
+    # recomputed from the final weights over every equation (7 x 7 of each operation), as the diagnostic reads them
+    module, task = rebuilt([*SMALL, *overrides], run_dir / "checkpoints" / "last.ckpt")
+    probe = task.modular_structure().all
+    with torch.no_grad():
+        gates = module.net(probe.inputs).gates
+    assert gates.shape == (98, 3)
+    depth = gates.sum(-1)
+    assert last["gates/depth_per_input/mean"] == pytest.approx(depth.mean().item(), rel=1e-5)
+    for index, op in enumerate(("add", "mul")):
+        assert last[f"gates/depth_per_input/{op}"] == pytest.approx(depth[probe.group == index].mean().item(), rel=1e-5)
+    assert last["gates/off_share/layer_0"] == pytest.approx((gates[:, 0] < 0.05).float().mean().item())

@@ -12,6 +12,11 @@ from nets import GatedMLP
 from regularizers.compute_cost import ComputeCost
 from tests.conftest import metrics_rows
 
+# The least-action net and its default cost on the default task (mlp_grok's p, 50 % train, weight decay 1, 10 warmup
+# steps): what `experiment=least_action` was before it followed its study's settings (p=113, 30 % train, weight
+# decay 0.1, 500 warmup steps, seed 42). These tests measure the net and its costs, so they keep that setting.
+GATED = ["model=gated_mlp", "regularizer=compute_sum"]
+
 
 def net(**kw):
     torch.manual_seed(0)
@@ -157,7 +162,7 @@ def final_effective_depth(run_dir):
 
 @pytest.mark.rounding
 def test_compute_cost_lowers_effective_depth_from_the_same_init(run_config):
-    common = ["experiment=least_action", "data.p=11", "model.hidden_dim=32", "model.n_layers=6",
+    common = [*GATED, "data.p=11", "model.hidden_dim=32", "model.n_layers=6",
               "model.gate_init=0.5", "optimizer.lr=1e-2", "trainer.max_steps=200", "trainer.log_every_n_steps=20"]
     _, free = run_config([*common, "regularizer.compute.weight=0.0"], name="free")
     _, pressed = run_config([*common, "regularizer.compute.weight=0.5"], name="pressed")
@@ -171,7 +176,7 @@ def test_entropy_compute_costs_as_configured_log_their_definition_on_the_logged_
     """`regularizer=compute_entropy` and `compute_sum_entropy` in a short run of the least-action net: on every
     logged row the term is sum_l H(g_l) (plus sum_l g_l) of that row's gates, and the total loss adds the preset's
     λ = 0.01 times it to the task loss (rel 1e-5: float32 sums of 3 gates and of 2 losses)."""
-    _, run_dir = run_config(["experiment=least_action", f"regularizer={preset}", "data.p=11", "model.hidden_dim=16",
+    _, run_dir = run_config([*GATED, f"regularizer={preset}", "data.p=11", "model.hidden_dim=16",
                              "model.n_layers=3", "model.gate_init=0.5", "optimizer.lr=1e-2"])
     rows = [row for row in metrics_rows(run_dir) if row.get("train/reg/compute")]
     assert [int(row["step"]) for row in rows] == [9, 19, 29, 39]
@@ -184,7 +189,7 @@ def test_entropy_compute_costs_as_configured_log_their_definition_on_the_logged_
 
 
 def test_short_run_with_one_width_per_layer_trains(run_config):
-    _, run_dir = run_config(["experiment=least_action", "data.p=11", "model.hidden_dims=[64,32,32,16]",
+    _, run_dir = run_config([*GATED, "data.p=11", "model.hidden_dims=[64,32,32,16]",
                              "model.hidden_dim=null", "model.n_layers=null", "regularizer=compute_weighted",
                              "optimizer.lr=1e-2", "trainer.max_steps=100", "trainer.log_every_n_steps=10"])
     with open(run_dir / "metrics.csv") as f:
@@ -197,3 +202,115 @@ def test_widths_and_one_width_at_once_are_refused_when_the_run_is_configured(run
     with pytest.raises(ConfigError, match=r"^model\.hidden_dims=\[64, 32\] is not allowed: expected null while "
                                           r"model\.hidden_dim or model\.n_layers is set"):
         run_config(["experiment=least_action", "model.hidden_dims=[64,32]"])
+
+
+def input_gated(**kw):
+    torch.manual_seed(0)
+    return GatedMLP(in_features=6, num_classes=3, hidden_dim=8, n_layers=4, gate_scope="input", **kw).double()
+
+
+def test_input_gates_start_at_gate_init_for_every_input_and_are_the_gate_networks_of_each_layers_input():
+    model = input_gated(gate_init=0.5)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    out = model(x)
+    assert out.gates.shape == (5, 4)
+    torch.testing.assert_close(out.gates, torch.full((5, 4), 0.5, dtype=torch.float64), rtol=0, atol=1e-15)
+    with torch.no_grad():
+        for gate_net in model.gate_nets:
+            gate_net.out.weight.normal_()  # now every input gets its own gate
+    out = model(x)
+    h, gates = model.embed(x), []
+    for gate_net, layer in zip(model.gate_nets, model.layers):  # by hand: one width, no projections
+        g = torch.sigmoid(gate_net.out(torch.nn.functional.gelu(gate_net.hidden(h))))  # (5, 1)
+        gates.append(g[:, 0])
+        h = h + g * torch.nn.functional.gelu(layer(h))
+    torch.testing.assert_close(out.gates, torch.stack(gates, -1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.logits, model.head(h), rtol=1e-12, atol=1e-12)
+    assert out.gates.std(0).min() > 1e-3  # inputs differ
+
+
+def test_an_input_whose_gate_is_closed_skips_the_layer_another_input_uses():
+    model = input_gated()
+    with torch.no_grad():
+        gate = model.gate_nets[2]
+        gate.hidden.weight.zero_()
+        gate.hidden.bias.zero_()
+        gate.hidden.weight[0, 0] = 1.0  # the gate reads coordinate 0 of the layer's input h, through GELU
+        gate.out.weight.fill_(1e4)
+        gate.out.bias.fill_(-1e4 * 0.5)  # on where GELU(h_0) > 0.5, off where it is below
+    x = torch.randn(64, 6, dtype=torch.float64)
+    g = model(x).gates[:, 2]
+    assert ((g < 1e-6) | (g > 1 - 1e-6)).all() and (g < 1e-6).any() and (g > 1 - 1e-6).any()
+    off = g < 1e-6
+    before = model(x).logits
+    with torch.no_grad():
+        model.layers[2].weight.normal_()
+    after = model(x).logits
+    torch.testing.assert_close(after[off], before[off], rtol=0, atol=1e-9)  # layer 2 skipped for these inputs
+    assert (after[~off] - before[~off]).abs().max() > 1e-3
+
+
+def test_input_gate_networks_take_no_weight_decay_and_gate_types_apply_per_input():
+    model = input_gated()
+    declared = {f"gate_nets.{i}.{part}.{p}" for i in range(4) for part in ("hidden", "out") for p in ("weight", "bias")}
+    assert model.no_weight_decay() == declared
+    _, exempt = split_by_decay(model, DecayPolicy(biases=True))
+    assert set(exempt) == declared
+    straight = input_gated(gate_type="straight_through")
+    with torch.no_grad():
+        for gate_net in straight.gate_nets:
+            gate_net.out.weight.normal_(std=5.0)
+    gates = straight(torch.randn(16, 6, dtype=torch.float64)).gates  # 1 + s - s: 1 to float64 rounding
+    assert ((gates - gates.round()).abs() < 1e-12).all() and set(gates.round().unique().tolist()) == {0.0, 1.0}
+    with pytest.raises(ConfigError, match="gate_scope"):
+        net(gate_scope="neuron")
+
+
+def test_compute_costs_of_input_gates_are_the_mean_over_examples():
+    """Per example sum_l g_l (and its entropy) of the example's gates, then the mean over the batch."""
+    gates = torch.tensor([[1.0, 0.0, 1.0], [0.5, 0.5, 0.0]])  # depths 2 and 1
+    out = NetOutput(logits=torch.zeros(1), gates=gates, layer_flops=torch.tensor([2.0, 2.0, 8.0]))
+    assert ComputeCost("sum", 1.0).term(out).item() == pytest.approx(1.5)
+    assert ComputeCost("entropy", 1.0).term(out).item() == pytest.approx(math.log(2), abs=1e-4)  # (0 + 2 ln 2) / 2
+    # relative weights 0.25, 0.25, 1: example costs 1.25 and 0.25
+    assert ComputeCost("weighted", 1.0).term(out).item() == pytest.approx(0.75)
+    # the study's raw scale s_in * s_out = FLOPs / 2: 1, 1, 4: example costs 5 and 1
+    assert ComputeCost("weighted", 1.0, scale="flops").term(out).item() == pytest.approx(3.0)
+    one_gate_each = NetOutput(logits=torch.zeros(1), gates=gates.mean(0), layer_flops=out.layer_flops)
+    assert ComputeCost("sum", 1.0).term(one_gate_each).item() == pytest.approx(1.5)  # the sum is linear
+
+
+def test_the_flops_scale_is_the_seeds_raw_s_in_times_s_out_and_relative_divides_by_the_heaviest():
+    """At width 128 the study's compute_cost_weighted weighs a gate by 128 * 128 = 16,384: `flops` gives the
+    study's λ its own scale; `relative` is that over the heaviest layer's, so λ_relative = λ_flops * 16,384."""
+    model = GatedMLP(in_features=6, num_classes=3, hidden_dims=[128, 64], hidden_dim=None, n_layers=None,
+                     gate_init=0.5)
+    out = model(torch.randn(3, 6))
+    g = out.gates.detach()
+    flops = ComputeCost("weighted", 1.0, scale="flops").term(out).item()
+    relative = ComputeCost("weighted", 1.0, scale="relative").term(out).item()
+    assert flops == pytest.approx(float(g[0] * 128 * 128 + g[1] * 64 * 64), rel=1e-6)
+    assert relative == pytest.approx(flops / (128 * 128), rel=1e-6)
+    with pytest.raises(ConfigError, match=r"^scale='macs' is not allowed: expected relative"):
+        ComputeCost("weighted", 1.0, scale="macs")
+
+
+def test_the_weighted_preset_offers_both_scales(run_config):
+    summary, run_dir = run_config([*GATED, "data.p=11", "model.hidden_dims=[32,16]",
+                                   "model.hidden_dim=null", "model.n_layers=null", "regularizer=compute_weighted",
+                                   "regularizer.compute.scale=flops", "regularizer.compute.weight=1e-4",
+                                   "trainer.max_steps=10"])
+    rows = [row for row in metrics_rows(run_dir) if row.get("train/reg/compute")]
+    g0, g1 = float(rows[-1]["gates/layer_0"]), float(rows[-1]["gates/layer_1"])
+    assert float(rows[-1]["train/reg/compute"]) == pytest.approx(g0 * 32 * 32 + g1 * 16 * 16, rel=1e-5)
+
+
+def test_a_run_with_input_gates_logs_the_mean_gates_and_their_cost(run_config):
+    _, run_dir = run_config([*GATED, "data.p=11", "model.hidden_dim=16", "model.n_layers=3",
+                             "model.gate_scope=input", "model.gate_init=0.5", "optimizer.lr=1e-2"])
+    rows = [row for row in metrics_rows(run_dir) if row.get("train/reg/compute")]
+    for row in rows:  # compute_sum of input gates: the mean over examples of their sum = the sum of the mean gates
+        gates = [float(row[f"gates/layer_{i}"]) for i in range(3)]
+        assert float(row["train/reg/compute"]) == pytest.approx(sum(gates), rel=1e-5)
+        assert float(row["gates/effective_depth"]) == pytest.approx(sum(gates), rel=1e-5)
+    assert float(rows[0]["gates/layer_0"]) != float(rows[-1]["gates/layer_0"])  # the gate networks trained

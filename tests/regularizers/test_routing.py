@@ -126,3 +126,58 @@ def test_entropy_regularisation_lowers_routing_entropy_from_the_same_init(run_co
     regularised = routing_entropy_after(run_config, "entropy", ["regularizer=entropy", "regularizer.entropy.weight=1.0"])
     print(f"routing entropy after 150 steps: none {plain:.4f}, entropy λ=1 {regularised:.4f}")
     assert regularised < 0.5 * plain, (plain, regularised)
+
+
+def test_consistency_on_known_routings():
+    """Total variation between adjacent layers' routing of each token, averaged over tokens and layer pairs."""
+    other = torch.roll(ONE_HOT, 1, dims=-1)  # every token one-hot on the next head: TV 1 from ONE_HOT
+    assert term("consistency", ONE_HOT, ONE_HOT) == pytest.approx(0.0, abs=1e-7)
+    assert term("consistency", UNIFORM, UNIFORM) == pytest.approx(0.0, abs=1e-7)  # agreement, not decisiveness
+    assert term("consistency", ONE_HOT, other) == pytest.approx(1.0, abs=1e-7)
+    assert term("consistency", ONE_HOT, torch.full_like(ONE_HOT, 1 / N)) == pytest.approx((N - 1) / N, abs=1e-7)
+    # three layers: pairs (0, 1) agree, (1, 2) differ in every token: the mean over the two pairs is 1/2
+    assert term("consistency", ONE_HOT, ONE_HOT, other) == pytest.approx(0.5, abs=1e-7)
+    # by hand, one token: 1/2 (|0.7 - 0.4| + |0.1 - 0.4| + 0 + 0) = 0.3, and the second token agrees
+    first, second = SKEWED.clone(), SKEWED.clone()
+    second[0] = torch.tensor([0.4, 0.4, 0.1, 0.1])
+    assert term("consistency", first, second) == pytest.approx(0.15, abs=1e-7)
+    assert term("consistency", ONE_HOT, ONE_HOT, other, where="layer_[01]/ffn") == pytest.approx(0.0, abs=1e-7)
+
+
+def test_consistency_needs_two_routers_of_one_shape():
+    with pytest.raises(ValueError, match=r"needs two or more of one shape, and selects layer_0/ffn \(shapes"):
+        term("consistency", ONE_HOT)
+    with pytest.raises(ValueError, match="needs two or more of one shape"):
+        term("consistency", ONE_HOT, UNIFORM)  # (4, 4, 4) and (3, 5, 4)
+    with pytest.raises(ConfigError, match="consistency"):  # the kinds it lists
+        RoutingRegularizer("consistent", 0.1)
+
+
+def consistency_after(run_config, name, regularizer):
+    """The consistency term of a 2-layer routed transformer's routing on the training split after 150 steps."""
+    from runtime.config.build import build_net
+    from runtime.config.compose import compose_config
+    from hydra.utils import instantiate
+
+    overrides = ["experiment=routed_none", "data.p=11", "data.train_fraction=0.5", "model.n_layers=2",
+                 "model.d_model=32", "optimizer.lr=3e-3", "optimizer.warmup_steps=10", "trainer.max_steps=150",
+                 "trainer.val_check_interval=50", *regularizer]
+    _, run_dir = run_config(overrides, name=name)
+    cfg = compose_config([*SMALL, *overrides, "trainer.max_steps=150"], output_dir=run_dir)
+    data = instantiate(cfg.data)
+    net = build_net(cfg.model, data.spec)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    with torch.no_grad():
+        return term("consistency", *net(data.splits["train"].inputs).routing)
+
+
+@pytest.mark.rounding
+def test_consistency_regularisation_makes_layers_route_alike_from_the_same_init(run_config):
+    """Entropy alone makes routing decisive layer by layer, each layer choosing its own heads; adding consistency
+    (λ = 1) makes the two layers choose alike. Margin: the term must fall to below half of its value without it."""
+    decisive = ["regularizer=[entropy,consistency]", "regularizer.entropy.weight=1.0"]
+    apart = consistency_after(run_config, "apart", [*decisive, "regularizer.consistency.weight=0.0"])
+    alike = consistency_after(run_config, "alike", [*decisive, "regularizer.consistency.weight=1.0"])
+    print(f"consistency after 150 steps: λ=0 {apart:.4f}, λ=1 {alike:.4f}")
+    assert alike < 0.5 * apart, (apart, alike)
