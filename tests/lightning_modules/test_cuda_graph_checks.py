@@ -91,6 +91,8 @@ def has_cpu_form(name: str) -> bool:
 PRESETS = [(name, "source") for name in EXPERIMENTS] + [(name, "cpu") for name in EXPERIMENTS if has_cpu_form(name)]
 MINI_BATCHES = "mini-batches: a captured step replays the full batch, data.batch_size=-1"
 MOE = "a net whose parts route tokens by the data: a mixture of experts' shapes change every step"
+ANNEALED = ("TemperatureAnnealing, which changes net.temperature between steps: a captured step keeps the value it "
+            "had at capture")
 COSINE = "optimizer.schedule=cosine: a captured step bakes in the lr it has after the warmup"
 # the presets whose step `auto` leaves eager on a CUDA device, with why; every other preset is captured
 EAGER = {
@@ -99,8 +101,7 @@ EAGER = {
     ("hybrid_static", "source"): "precision=bf16-mixed: a captured step runs in 32 bits",
     ("hybrid_dynamic", "source"): "precision=bf16-mixed: a captured step runs in 32 bits",
     ("hybrid_static", "cpu"): COSINE, ("hybrid_dynamic", "cpu"): COSINE,
-    ("least_action_gumbel", "source"): "TemperatureAnnealing, which changes net.temperature between steps: a "
-                                       "captured step keeps the value it had at capture",
+    ("least_action_gumbel", "source"): ANNEALED, ("least_action_gumbel", "cpu"): ANNEALED,
     ("moe_expressivity_moe", "source"): MOE, ("moe_expressivity_moe_glu", "source"): MOE,
 }
 
