@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The pinned CPU build; override e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for a CUDA machine.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test test-rounding test-browser gpu-test bench analysis view clean
+.PHONY: setup run test test-rounding test-browser gpu-test bench reproduce analysis view clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,11 @@ bench: setup
 	$(PY) bench/diagnostics_overhead.py
 	$(PY) bench/ensemble.py --experiment mlp_grok --members 8 --steps 200
 	$(PY) bench/time_to_grok.py
+
+# every study's headline result at its source's size, 9 minutes a part on one GPU (docs/reproductions.md, 'The
+# reproduction suite'): make reproduce [ARGS="--part nanda routed" | ARGS="--size cpu" | ARGS=--plan]
+reproduce: setup
+	$(PY) -m reproduce $(ARGS)
 
 # the table and figures of a sweep: make analysis DIR=runs/<sweep name>/multirun_<date_time>
 analysis: setup

@@ -33,12 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import lightning.pytorch as pl  # noqa: E402
-import torch  # noqa: E402
-
 from launch import run  # noqa: E402
-from runtime.config.build import build, build_net  # noqa: E402
 from runtime.config.compose import compose_config  # noqa: E402
+from reproduce.studies.grokfast import ARMS, paper_arm  # noqa: E402  (the paper's arms)
+from runtime.lifecycle.init_weights import save_torch_default_init  # noqa: E402
 
 TASKS = {
     "mlp": ["experiment=mlp_grok"],  # p=97, 50% train, wd 1: groks in ~4,000 full-batch steps
@@ -48,8 +46,6 @@ TASKS = {
     "mlp_p23": ["data.p=23", "data.train_fraction=0.8", "model.hidden_dim=128", "optimizer.lr=1e-3"],
 }
 PAPER = {"full": ["experiment=grokfast_paper"], "cpu": ["experiment=grokfast_paper", "size=cpu"]}
-ARMS = {"none": [], "ma": ["grokfast=ma"], "ema": ["grokfast=ema"]}
-PAPER_L2 = {"none": 0.0, "ma": 0.01, "ema": 0.005}  # the reference runs' Adam weight_decay (their README)
 PAPER_THRESHOLD = 0.95
 
 
@@ -86,28 +82,14 @@ def run_tasks(args: argparse.Namespace) -> None:
 def arm_overrides(arm: str, l2: str) -> list[str]:
     """The arm's filter and its Adam L2: the paper's per arm, or one value for all (none: a λ = 0 filter)."""
     if l2 == "paper":
-        value = PAPER_L2[arm]
-        return [*ARMS[arm], *([f"callbacks.grokfast.l2={value}"] if value else [])]
+        return paper_arm(arm)
     if float(l2) == 0:
         return ARMS[arm]
     filter_ = ARMS[arm] or ["grokfast=ema", "callbacks.grokfast.lamb=0"]
     return [*filter_, f"callbacks.grokfast.l2={float(l2)}"]
 
 
-def save_torch_default_init(overrides: list[str], seed: int, path: Path) -> None:
-    """The net these overrides build, seeded as launch.py seeds it, with every layer re-initialised by PyTorch's
-    default (`reset_parameters`), saved for `init_from`: the reference code's init."""
-    cfg = compose_config([*overrides, f"seed={seed}"])
-    spec = build(cfg.data, "data").spec
-    pl.seed_everything(seed, workers=False, verbose=False)
-    net = build_net(cfg.model, spec)
-    for module in net.modules():
-        if module is not net and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    torch.save(net.state_dict(), path)
-
-
-def paper_arm(job: tuple[int, str, list[str]]) -> tuple[int, str, dict]:
+def run_paper_arm(job: tuple[int, str, list[str]]) -> tuple[int, str, dict]:
     seed, arm, overrides = job
     return seed, arm, time_to_grok(overrides, PAPER_THRESHOLD)
 
@@ -148,7 +130,7 @@ def run_paper(args: argparse.Namespace) -> None:
                 per_seed.append(f"init_from={path}")
             jobs += [(seed, arm, [*per_seed, *arm_overrides(arm, args.l2)]) for arm in ARMS]
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done in as_completed([pool.submit(paper_arm, job) for job in jobs]):
+            for done in as_completed([pool.submit(run_paper_arm, job) for job in jobs]):
                 seed, arm, result = done.result()
                 results[seed][arm] = result
                 print(f"[bench] seed {seed} {arm:4s}: {steps_cell(result)}", flush=True)

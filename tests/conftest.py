@@ -25,7 +25,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per cor
 # Files of minutes each on one CPU thread, longest first. `make test` gives whole files to the workers in the order
 # below (--no-loadscope-reorder), so these start at once instead of running alone at the end.
 LONG_FILES = ("tests/test_mqar.py", "tests/test_moe_expressivity.py", "tests/callbacks/test_grokfast.py",
-              "tests/test_hybrid_lm.py")
+              "tests/test_hybrid_lm.py", "tests/reproduce/test_suite_cpu.py")
 
 
 def pytest_collection_modifyitems(config, items):

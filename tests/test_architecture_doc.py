@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "architecture.md").read_text()
 PACKAGES = ("core", "nets", "datamodules", "regularizers", "lightning_modules", "callbacks", "runtime", "analysis",
-            "viewer", "hydra_plugins", "bench")
+            "viewer", "hydra_plugins", "reproduce", "bench")
 
 
 def named_paths() -> set[str]:

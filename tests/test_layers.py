@@ -23,7 +23,8 @@ FLOORS = {
     "callbacks.run": 6, "callbacks.interventions": 7, "callbacks.diagnostics": 7, "callbacks": 7,
     "runtime.config": 8, "runtime.logs": 8, "runtime.lifecycle": 9, "runtime.engines": 9, "runtime": 9,
     "launch": 10, "hydra_plugins": 10,
-    "bench": 11,
+    "reproduce": 11,
+    "bench": 12,
 }
 NETS_MAY_IMPORT = {"torch", "einops", "fla", "nets", "core"}
 

@@ -10,6 +10,9 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -54,3 +57,17 @@ class StopRequest:
 
 
 stop_request = StopRequest()
+
+
+class StopAtStepBoundary(pl.Callback):
+    """A stop request ends training after the step it arrived in, for trainers without `RunCheckpoint` (an
+    ensemble, whose engine then writes every member's weights and summary.json). Lightning's own SIGTERM handler,
+    installed at fit start, would raise inside the loop instead: the request takes SIGTERM back once training
+    starts."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stop_request.reclaim(signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if stop_request.requested:
+            trainer.should_stop = True

@@ -3,7 +3,9 @@
 Jobs whose configs differ only in packable values (`runtime.engines.members.PACKABLE`: seed, init, learning rates,
 weight decay, regulariser weights) are trained together by `runtime.engines.ensemble.run_ensemble`, up to `max_members` at a
 time; jobs that differ in anything else form further ensembles, run one after another. Every job still gets the
-folder Hydra gives it (`.hydra/` with its config and overrides) and leaves there what a solo run would.
+folder Hydra gives it (`.hydra/` with its config and overrides) and leaves there what a solo run would. After a stop
+signal (SIGINT, SIGTERM) ended an ensemble, the ensembles still to come are not started: their jobs fail with
+that reason (their folders hold `.hydra/` only).
 """
 from __future__ import annotations
 
@@ -53,9 +55,14 @@ class EnsembleLauncher(Launcher):
             if member is not None:
                 groups.setdefault(member.shared, []).append(offset)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        stopped_by: str | None = None  # the stop signal that ended an ensemble: later ones do not start
         for indices in groups.values():
             for start in range(0, len(indices), self.max_members):
-                train_group([returns[i] for i in indices[start : start + self.max_members]])
+                group = [returns[i] for i in indices[start : start + self.max_members]]
+                if stopped_by is None:
+                    stopped_by = train_group(group)
+                else:
+                    not_started(group, stopped_by)
         for ret in returns:
             if ret.status == JobStatus.COMPLETED:
                 ret.return_value = ret.return_value["val_acc"]
@@ -89,8 +96,17 @@ def concurrent_runs(node: DictConfig) -> dict[str, Any]:
     return {"reinit": "create_new"} if "wandb" in str(node.get("_target_", "")) else {}
 
 
-def train_group(returns: Sequence[JobReturn]) -> None:
-    """Train one ensemble; each job's return becomes its val accuracy, or the error that ended it."""
+def not_started(returns: Sequence[JobReturn], signal_name: str) -> None:
+    """An ensemble that a stop signal kept from starting: each job fails with that reason."""
+    reason = f"not started: a stop signal ({signal_name}) ended an earlier ensemble of the sweep"
+    log.error(f"ensemble of {len(returns)} {reason}")
+    for ret in returns:
+        ret.status, ret.return_value = JobStatus.FAILED, RuntimeError(reason)
+
+
+def train_group(returns: Sequence[JobReturn]) -> str | None:
+    """Train one ensemble; each job's return becomes its val accuracy, or the error that ended it. Returns the stop
+    signal that interrupted it (None when none did)."""
     from runtime.engines.ensemble import run_ensemble
 
     members = [ret.return_value["member"] for ret in returns]
@@ -100,9 +116,10 @@ def train_group(returns: Sequence[JobReturn]) -> None:
         log.error(f"ensemble of {len(members)} failed: {type(err).__name__}: {err}")
         for ret in returns:
             ret.status, ret.return_value = JobStatus.FAILED, err
-        return
+        return None
     for ret, summary in zip(returns, summaries):
         if summary["status"] in ("failed", "interrupted"):
             ret.status, ret.return_value = JobStatus.FAILED, RuntimeError(summary.get("error", summary["status"]))
         else:
             ret.return_value = {"val_acc": summary.get("final", {}).get("val/acc")}
+    return next((summary["signal"] for summary in summaries if summary.get("signal")), None)

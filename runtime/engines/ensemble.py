@@ -5,10 +5,13 @@ Every member gets what a solo run of its config gets from the life cycle: its in
 (saved as `init.pt`, fingerprinted), its loggers (`metrics.csv` rows under the same names and steps, W&B in its sweep
 group), its grokking time, and a `summary.json` with its own status, steps and final metrics, written whatever
 happens to the process. What differs: the trainer logs nothing itself (each member's record logs its own rows), and
-a member ends on its own (diverged, or stopped after grokking) while the others go on.
+a member ends on its own (diverged, or stopped after grokking) while the others go on. SIGINT or SIGTERM ends the
+step under way; every member still training is then `interrupted` (with the signal), with its final numbers, its
+weights in `checkpoints/last.ckpt` and its summary.json.
 """
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from callbacks.run.grokking_time import task_loss_bounds
+from callbacks.run.stop_request import StopAtStepBoundary, stop_request
 from core.errors import ConfigError, settings_of
 from lightning_modules.ensemble_module import EnsembleModule
 from regularizers.base import Regularizer
@@ -79,7 +83,7 @@ class EnsembleEngine(Engine):
         cfg = self.jobs[0].cfg
         settings: dict[str, Any] = dict(logger=False, gradient_clip_val=None, enable_checkpointing=False,
                                         enable_model_summary=False, default_root_dir=str(self.jobs[0].out))
-        settings["callbacks"] = list(self.callbacks)
+        settings["callbacks"] = [*self.callbacks, StopAtStepBoundary()]
         if progress := cfg.callbacks.get("progress"):
             settings["callbacks"].append(build(progress, "callbacks.progress", metrics=PROGRESS))
         else:
@@ -95,11 +99,15 @@ class EnsembleEngine(Engine):
         for member in self.jobs:
             if member.grok is not None and bounds is not None:  # logged once, as the solo run's callback does
                 member.log(member.grok.set_bounds(bounds), 0)
+        stop_request.install()  # SIGINT / SIGTERM: stop after the step under way (StopAtStepBoundary)
         trainer.fit(module, datamodule=datamodule)
         module.to(trainer.strategy.root_device)  # `fit` leaves it on the CPU; evaluate where it trained
         module.report_health()
+        stopped = stop_request.signum
         for member in self.jobs:
-            member.finish(trainer.global_step, trainer.interrupted)
+            if stopped is not None and member.training:
+                member.summary["signal"] = signal.Signals(stopped).name
+            member.finish(trainer.global_step, trainer.interrupted or stopped is not None)
 
     def final_numbers(self, trainer: pl.Trainer, module: EnsembleModule, datamodule: Any) -> None:
         """Each member's final (or frozen) weights: its numbers on every split, its test row, its weights on disk."""
@@ -121,6 +129,7 @@ class EnsembleEngine(Engine):
                 member.error = f"{type(err).__name__}: {err}"
 
     def close(self, started: float) -> None:
+        stop_request.restore()
         for member in self.jobs:
             member.summary |= {"status": member.status, "steps": member.steps or 0}
             if member.error:

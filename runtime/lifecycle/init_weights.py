@@ -4,18 +4,24 @@ Every run saves its net's initial weights as `init.pt` in its run folder and rec
 `summary.json`; `init_from=<run folder or .pt file>` starts another run from those weights, so the arms of a
 paired comparison (e.g. wd 0 vs wd 1) differ only in their own setting. `init_scale` multiplies every initial
 weight by α, the knob Omnigrok (Liu et al. 2022, "Omnigrok: Grokking Beyond Algorithmic Data") ties to grokking:
-large α memorises first and groks late, small α generalises sooner.
+large α memorises first and groks late, small α generalises sooner. `save_torch_default_init` writes, for
+`init_from`, the net a config builds with every layer at PyTorch's default init, as reference code that never
+re-initialises starts (the Grokfast paper's).
 """
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Sequence
 
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from core.errors import ConfigError, require
+from runtime.config.build import build, build_net
+from runtime.config.compose import compose_config
 
 INIT_FILE = "init.pt"
 
@@ -71,3 +77,17 @@ def prepare_init(net: nn.Module, run_dir: Path, init_from: str | None, scale: fl
     if rank_zero_only.rank == 0:
         torch.save(net.state_dict(), run_dir / INIT_FILE)
     return fingerprint(net)
+
+
+def save_torch_default_init(overrides: Sequence[str], seed: int, path: Path) -> None:
+    """The net `overrides` build, seeded as a run seeds it, with every layer re-initialised by PyTorch's default
+    (`reset_parameters`: embeddings N(0, 1), linears U(±1/sqrt(fan_in))), saved at `path` for `init_from`."""
+    cfg = compose_config([*overrides, f"seed={seed}"])
+    spec = build(cfg.data, "data").spec
+    pl.seed_everything(seed, workers=False, verbose=False)
+    net = build_net(cfg.model, spec)
+    for module in net.modules():
+        if module is not net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)

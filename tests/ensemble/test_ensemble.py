@@ -4,6 +4,7 @@ and `hydra/launcher=ensemble` turns a multirun into ensembles whose folders the 
 Tolerance: members and solo runs differ only in float rounding (batched matmuls under vmap, the stacked AdamW
 against torch's fused kernel), so logged losses agree to rel 1e-4 and accuracies to 1e-6 over these short runs.
 """
+import signal
 from functools import partial
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from analysis import load_sweep
+from callbacks.run.stop_request import stop_request
 from core.errors import ConfigError
 from datamodules.batch import Batch, TaskSpec
 from lightning_modules.answers import task_loss
@@ -142,6 +144,32 @@ def test_a_grokked_member_stops_after_its_patience_while_the_others_go_on(tmp_pa
     still_cells = logged(still_dir)
     assert max(row for row, _ in still_cells) == 2499
     assert {row for row, key in still_cells if key == "val/acc"} == set(range(24, 2500, 25))
+
+
+class SignalAt(Callback):
+    """Delivers a stop request (as the SIGTERM handler records one) at the end of optimiser step `at`."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.at:
+            stop_request.handle(signal.SIGTERM, None)
+
+
+def test_a_stop_signal_ends_every_member_at_the_step_boundary_with_its_weights_and_summary(tmp_path, one_thread):
+    """SIGTERM (what a deadline or SLURM sends) mid-run: the step under way completes, then every member still
+    training is `interrupted` at that step with its signal, its final numbers, its weights and no later row; a
+    member that had already ended keeps its own ending. Nothing is lost."""
+    summaries, dirs = train_ensemble(tmp_path, ["trainer.max_steps=40"], [["seed=0"], ["seed=1"]],
+                                     callbacks=[SignalAt(13)])
+    for summary, run_dir in zip(summaries, dirs):
+        assert (summary["status"], summary["steps"], summary["signal"]) == ("interrupted", 13, "SIGTERM")
+        assert read_json(run_dir / "summary.json")["status"] == "interrupted"
+        assert set(summary["final"]) >= {"train/loss", "val/loss", "val/acc"}
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 13
+        assert max(int(row["step"]) for row in reproducible_rows(run_dir)) == 12  # the row of step 13, no later
+    assert signal.getsignal(signal.SIGTERM) is not stop_request.handle  # the handlers are given back
 
 
 @pytest.mark.parametrize("kind", ["transformer", "hybrid_lm"])

@@ -50,3 +50,23 @@ def test_init_from_a_file_that_is_not_saved_weights_is_refused_in_one_line(run_c
             run_config([f"init_from={source}"], name=source.stem)
         assert str(info.value) == (f"init_from='{source}' is not allowed: expected a run folder holding init.pt, "
                                    "or a saved init file")
+
+
+def test_save_torch_default_init_writes_pytorchs_default_init_the_same_for_the_same_seed(tmp_path):
+    """The Grokfast reference code's init: every layer as `reset_parameters` leaves it (embeddings N(0, 1), linear
+    weights within ±1/sqrt(fan_in)), seeded as a run is, so each arm of a seed starts from the same file."""
+    import math
+
+    from runtime.lifecycle.init_weights import save_torch_default_init
+
+    overrides = ["experiment=grokfast_paper", "size=cpu", "data.p=13"]
+    paths = [tmp_path / "a" / "seed0.pt", tmp_path / "b" / "seed0.pt", tmp_path / "seed1.pt"]
+    for path, seed in zip(paths, (0, 0, 1)):
+        save_torch_default_init(overrides, seed, path)
+    a, b, other = (torch.load(path) for path in paths)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], other[k]) for k in a)
+    embeddings = [v for k, v in a.items() if k.endswith("embedding.weight")]
+    # 17 x 64 draws of N(0, 1): their std lies within 1 ± 0.3 for any seed (its spread is ~1 / sqrt(2 * 1088))
+    assert len(embeddings) == 2 and 0.7 < float(embeddings[0].std()) < 1.3
+    linears = [v for k, v in a.items() if k.endswith("weight") and v.dim() == 2 and not k.endswith("embedding.weight")]
+    assert linears and all(float(v.abs().max()) <= 1 / math.sqrt(v.shape[1]) + 1e-6 for v in linears)
