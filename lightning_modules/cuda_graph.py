@@ -1,23 +1,24 @@
-"""The opt-in CUDA-graph training step (`module.cuda_graph=true`): forward, loss, backward, clipping and the
-fused AdamW update of one full-batch step captured once and replayed every step after.
+"""The captured training step (`module.cuda_graph`, default `auto`): forward, loss, backward, clipping and the
+fused AdamW update of one full-batch step captured once in a CUDA graph and replayed every step after.
 
 Tiny grokking models are launch-bound on a GPU: a step is a few hundred kernels of microseconds each, and the
 CPU time to issue them (Python, autograd, the optimiser) is the step time. A replay issues them all at once.
 
+When: `auto` captures wherever a captured step gives what the eager one gives (`capture_blocker` finds the first
+reason it would not: a device other than CUDA, mini-batches, reduced precision, a decaying lr, a callback acting
+inside the step, ...) and otherwise runs eager, saying why; `true` refuses such a run by key; `false` never
+captures. The module decides when its fit starts.
+
 How it runs: the first `max(warmup_steps, 3)` steps are eager (the learning-rate warmup changes the lr each step;
 afterwards it is constant, so a float lr can be baked into the graph). Then forward and backward are warmed up
 on a side stream (gradients only, weights untouched), and one step is captured: its inputs are the full-batch
-tensors, which never move. From then on the optimiser's `step()` replays the graph, so Lightning still counts
-steps and calls its hooks around it.
+tensors, which never move. From then on the optimiser's `step()` replays the graph, inside Lightning's automatic
+optimisation: Lightning still counts steps (the same counter eager steps use, so a run resumes whichever way it was
+stepped), steps the lr schedule and calls its hooks around the replay.
 
 NaN guard inside the graph: a running sum of the losses since capture turns non-finite at the first bad loss and
 stays so; it sets the fused kernel's `found_inf`, so that step and every later one leave weights and moments as
 they were, and a device counter records the first bad step. The module reads both on logging steps.
-
-Limits (refused by key at fit start): CUDA only, full-batch training, 32-bit precision, one device, and no
-callback that acts inside the step (Grokfast's gradient filter) or changes between steps a number the capture
-baked in (temperature annealing). Callbacks that act between steps on the host or on device tensors (checkpoints,
-a stop request honoured before a step starts, clocks) run around the replays as around eager steps.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from typing import Callable
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor
 
-from core.errors import ConfigError, require
+from core.errors import ConfigError
 from lightning_modules.step import StepResult
 
 KEY = "module.cuda_graph"
@@ -49,7 +51,7 @@ class GraphedAdamW(torch.optim.AdamW):
         if self.replay is None:
             return super().step(closure)
         if closure is not None:
-            closure()  # Lightning's hooks around the step (the closure itself does nothing in manual mode)
+            closure()  # Lightning's: the module's training_step (which leaves the step to the replay) and hooks
         self.replay()
         return None
 
@@ -64,30 +66,45 @@ class CapturedStep:
     def __init__(self, compute: Callable[[], StepResult], parameters: list[Tensor],
                  optimizer: GraphedAdamW, clip: float | None, first_step: int, warmup_iterations: int = 3):
         """compute: the step's forward and losses (a `StepResult`, whose `total` is minimised).
+        clip: the gradients' total norm is clipped to this (None: not clipped).
         first_step: the global step the first replay is (steps done before it)."""
         device = parameters[0].device
         self.loss_sum = torch.zeros((), device=device)
         self.found_inf = torch.zeros((), device=device)
         self.counter = torch.full((), first_step, dtype=torch.long, device=device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.result: StepResult | None = None
+        self.warm_up(compute, optimizer, warmup_iterations)
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.replay = self.record(lambda: self.body(compute, parameters, optimizer, clip))
+
+    def warm_up(self, compute: Callable[[], StepResult], optimizer: GraphedAdamW, iterations: int) -> None:
+        """Forward and backward a few times on a side stream, so that lazy initialisations happen before capture."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # lazy initialisations happen here, not during capture
-            for _ in range(warmup_iterations):
+        with torch.cuda.stream(side):
+            for _ in range(iterations):
                 optimizer.zero_grad(set_to_none=True)
                 compute().total.backward()
         torch.cuda.current_stream().wait_stream(side)
-        optimizer.zero_grad(set_to_none=True)
+
+    def body(self, compute: Callable[[], StepResult], parameters: list[Tensor], optimizer: GraphedAdamW,
+             clip: float | None) -> None:
+        """One whole step, as captured: forward and losses, backward, clipping, the NaN guard, the update."""
+        self.result = compute()  # its tensors are rewritten in place by every replay
+        self.result.total.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, clip, foreach=True)
+        self._guard(self.result.total.detach())
+        optimizer.found_inf = self.found_inf
+        optimizer.update()
+
+    def record(self, body: Callable[[], None]) -> Callable[[], None]:
+        """`body` captured in a CUDA graph (recorded, not run); returns what replays it."""
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.result = compute()  # its tensors are rewritten in place by every replay
-            self.result.total.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(parameters, clip, foreach=True)
-            self._guard(self.result.total.detach())
-            optimizer.found_inf = self.found_inf
-            optimizer.update()
-        optimizer.replay = self.graph.replay
+            body()
+        return self.graph.replay
 
     def _guard(self, loss: Tensor) -> None:
         was_finite = torch.isfinite(self.loss_sum)
@@ -104,40 +121,50 @@ class CapturedStep:
 
 
 def check_graphable(trainer, module) -> None:
-    """Refuse, naming `module.cuda_graph`, what a captured step cannot honour: a device other than CUDA, and
-    everything `check_step_setup` refuses."""
-    require(trainer.strategy.root_device.type == "cuda", KEY, True, "false unless training on a CUDA device")
-    check_step_setup(trainer, module, trainer.datamodule)
+    """`module.cuda_graph=true`: refuse by key a run whose step cannot be captured (`capture_blocker`)."""
+    if (reason := capture_blocker(trainer, module)) is not None:
+        raise ConfigError(KEY, True, f"auto or false with {reason}")
 
 
-def check_step_setup(trainer, module, datamodule) -> None:
-    """Everything but the device that a captured step cannot honour (it needs no GPU, so it runs on a CPU too):
-    several devices, reduced precision, a changing lr, data-dependent shapes, mini-batches, and callbacks that act
-    inside the step (`STEP_HOOKS`) or change between steps a number the capture baked in (a callback says so by
-    naming it in `changes_between_steps`, e.g. "net.temperature")."""
-    require(trainer.world_size == 1, KEY, True, "false with more than one device")
-    require(str(trainer.precision) in ("32-true", "32"), KEY, True, f"false with precision={trainer.precision}")
+def capture_blocker(trainer, module) -> str | None:
+    """The first reason a captured step would not give what the eager one gives for this run (a phrase that reads
+    after "with": "a cpu device: ..."), or None when it can be captured."""
+    device = trainer.strategy.root_device.type
+    if device != "cuda":
+        return f"a {device} device: a captured step needs CUDA"
+    return step_setup_blocker(trainer, module, trainer.datamodule)
+
+
+def step_setup_blocker(trainer, module, datamodule) -> str | None:
+    """`capture_blocker` but for the device (it needs no GPU, so it runs on a CPU too): several devices, reduced
+    precision, clipping by value, a changing lr, data-dependent shapes, mini-batches, and callbacks that act inside
+    the step (`STEP_HOOKS`) or change between steps a number the capture baked in (a callback says so by naming it
+    in `changes_between_steps`, e.g. "net.temperature")."""
+    if trainer.world_size != 1:
+        return "more than one device"
+    if str(trainer.precision) not in ("32-true", "32"):
+        return f"precision={trainer.precision}: a captured step runs in 32 bits"
+    if GradClipAlgorithmType(getattr(trainer, "gradient_clip_algorithm", None) or "norm") != GradClipAlgorithmType.NORM:
+        return f"trainer.gradient_clip_algorithm={trainer.gradient_clip_algorithm}: a captured step clips by norm"
     recipe = getattr(module, "recipe", None)
-    require(recipe is None or recipe.schedule == "constant", KEY, True,
-            f"false with optimizer.schedule={getattr(recipe, 'schedule', None)} (the captured step bakes in the lr "
-            f"it has after the warmup)")
+    if recipe is not None and recipe.schedule != "constant":
+        return f"optimizer.schedule={recipe.schedule}: a captured step bakes in the lr it has after the warmup"
     net = getattr(module, "net", None)
-    require(net is None or not any(getattr(part, "data_dependent_shapes", False) for part in net.modules()),
-            KEY, True, "false for a net whose parts route tokens by the data (a mixture of experts: its shapes change "
-                       "every step)")
-    require("train" in getattr(datamodule, "splits", {}), KEY, True,
-            f"false for {type(datamodule).__name__}, which holds no training split in memory (a captured step "
-            f"replays one full batch that never moves)")
+    if net is not None and any(getattr(part, "data_dependent_shapes", False) for part in net.modules()):
+        return "a net whose parts route tokens by the data: a mixture of experts' shapes change every step"
+    if "train" not in getattr(datamodule, "splits", {}):
+        return (f"{type(datamodule).__name__}, which holds no training split in memory: a captured step replays one "
+                f"full batch that never moves")
     # the task's own train loader says whether it serves the whole split every step
-    require(getattr(datamodule.train_dataloader(), "full_batch", False), KEY, True,
-            "false with mini-batches (data.batch_size=-1: the full batch is the captured input)")
+    if not getattr(datamodule.train_dataloader(), "full_batch", False):
+        return "mini-batches: a captured step replays the full batch, data.batch_size=-1"
     for callback in trainer.callbacks:
         name = type(callback).__name__
         if changed := getattr(callback, "changes_between_steps", None):
-            raise ConfigError(KEY, True, f"false with {name}, which changes {changed} between steps (a captured "
-                                         f"step keeps the value it had at capture)")
+            return f"{name}, which changes {changed} between steps: a captured step keeps the value it had at capture"
         if getattr(callback, "cuda_graph_safe", False):
             continue  # it stands aside while the module captures the step
         acting = [hook for hook in STEP_HOOKS if getattr(type(callback), hook) is not getattr(Callback, hook)]
         if acting:
-            raise ConfigError(KEY, True, f"false with {name}, which acts inside each step ({acting[0]})")
+            return f"{name}, which acts inside each step: {acting[0]}"
+    return None

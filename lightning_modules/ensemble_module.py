@@ -7,6 +7,12 @@ lightning_modules.step, under `torch.func.vmap`, so the same metric names), back
 so each row of the flat parameter gets its own member's gradient) and lets `StackedAdamW` update each member
 as its solo AdamW would.
 
+`compile` runs the members' step (forward, loss, metrics; its backward with it) and the AdamW update through
+`torch.compile`: the elementwise chains around the batched matmuls fuse into a few kernels. `auto` compiles on a
+CUDA device, where a step is many kernels over (members x ...) tensors, and not on a CPU, where the compile time
+(tens of seconds) outweighs what it saves in the runs a CPU trains. Nets that draw random numbers (Gumbel routing)
+draw other ones compiled than eager.
+
 A member leaves training for good when its loss turns non-finite (diverged: that step and all later ones are
 skipped on the device, so its weights stay those of its last good step) or when its grokking patience has run
 out (stopped): its row is then frozen and its metrics no longer logged, while the others go on. Host reads
@@ -20,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from core.errors import require
 from datamodules.batch import Batch, TaskSpec
 from lightning_modules.answers import answer_sums, metric_layout, metrics_from_sums, task_loss, token_bytes_of
 from lightning_modules.cadence import is_log_step
@@ -34,10 +41,14 @@ from regularizers.base import Regularizer
 class EnsembleModule(pl.LightningModule):
     def __init__(self, nets: Sequence[nn.Module], spec: TaskSpec, recipes: Sequence[AdamWRecipe],
                  regularizers: Sequence[Mapping[str, Regularizer]], max_grad_norm: float | None, members,
-                 checkpoint_every: int | None = None):
+                 checkpoint_every: int | None = None, compile: bool | str = "auto"):
         """members: the host-side records (`runtime.engines.members.Member`), one per net, told every measurement.
-        checkpoint_every: write each training member's weights every this many steps (null = only at the end)."""
+        checkpoint_every: write each training member's weights every this many steps (null = only at the end).
+        compile: `torch.compile` the step and the update: auto (on a CUDA device), true or false (see above)."""
         super().__init__()
+        require(isinstance(compile, bool) or compile == "auto", "compile", compile, "auto, true or false")
+        self.compile_setting, self.compiled = compile, False
+        self._step = self.vmapped_step
         self.stacked = StackedNets(nets)
         self.spec, self.recipes, self.max_grad_norm = spec, list(recipes), max_grad_norm
         self.checkpoint_every = checkpoint_every
@@ -58,6 +69,15 @@ class EnsembleModule(pl.LightningModule):
         self._eval_sums: Tensor | None = None
 
     # -- training ---------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # before the optimiser is built: it compiles its update too
+            self.prepare_step(self.trainer.strategy.root_device)
+
+    def prepare_step(self, device: torch.device) -> None:
+        """Compile the step (and, in `configure_optimizers`, the update) or not, for training on `device`."""
+        self.compiled = self.compile_setting is True or (self.compile_setting == "auto" and device.type == "cuda")
+        self._step = torch.compile(self.vmapped_step, dynamic=False) if self.compiled else self.vmapped_step
+
     def reg_weights(self) -> dict[str, Tensor]:
         return {name: getattr(self, f"reg_weight_{name}") for name in self.regularizers}
 
@@ -67,10 +87,13 @@ class EnsembleModule(pl.LightningModule):
         result = step_loss(self.stacked.call(row, batch.inputs), batch, self.regularizers, weights)
         return result.total, (step_metrics(result, batch, self.layout) if log else {})
 
+    def vmapped_step(self, weights: dict[str, Tensor], batch: Batch, log: bool):
+        """Every member's `member_step` at once: (E,) totals, and on logging steps {metric: (E,) values}."""
+        return self.stacked.vmap(lambda row, w, b: self.member_step(row, w, b, log), weights, batch, in_dims=(0, None))
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         log = is_log_step(self.global_step + 1, self.trainer)
-        total, metrics = self.stacked.vmap(lambda row, w, b: self.member_step(row, w, b, log),
-                                           self.reg_weights(), batch, in_dims=(0, None))
+        total, metrics = self._step(self.reg_weights(), batch, log)  # compiled or not (`setup`)
         finite = torch.isfinite(total)
         newly_bad = self.active & ~finite
         self.first_bad.copy_(torch.where(newly_bad, self.global_step, self.first_bad))
@@ -118,7 +141,7 @@ class EnsembleModule(pl.LightningModule):
                                    column([r.weight_decay for r in recipes]))
         first = recipes[0]
         return StackedAdamW(flat, lr, weight_decay, first.betas, first.eps, first.warmup_steps, self.max_grad_norm,
-                            keep=self.active)
+                            keep=self.active, compiled=self.compiled)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         if batch.inputs.device == device:  # served from on-device tensors (datamodules.loaders)

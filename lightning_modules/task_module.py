@@ -21,7 +21,7 @@ from core.output import NetOutput
 from datamodules.batch import Batch, TaskSpec
 from lightning_modules.answers import AnswerMetrics, task_loss
 from lightning_modules.cadence import is_log_step
-from lightning_modules.cuda_graph import CapturedStep, check_graphable
+from lightning_modules.cuda_graph import CapturedStep, capture_blocker, check_graphable
 from lightning_modules.decoding import greedy_logits
 from lightning_modules.optimization import AdamWRecipe
 from lightning_modules.step import MetricLayout, StepResult, step_loss, step_metrics
@@ -37,20 +37,22 @@ class TaskModule(pl.LightningModule):
         spec: TaskSpec,
         optimizer: AdamWRecipe,
         regularizers: Mapping[str, Regularizer] | None = None,
-        cuda_graph: bool = False,
-        clip_grad_norm: float | None = None,
+        cuda_graph: bool | str = "auto",
         init_fingerprint: str | None = None,
     ):
-        """cuda_graph: capture the full-batch training step in a CUDA graph (lightning_modules.cuda_graph); the
-        module then optimises manually and clips to `clip_grad_norm` itself (the trainer's clipping is off).
+        """cuda_graph: capture the full-batch training step in a CUDA graph (lightning_modules.cuda_graph): `auto`
+        where the run allows it, else eager; true: refuse a run that does not allow it; false: never. Decided when
+        the fit starts (`plan_capture`).
         init_fingerprint: of the run's initial weights, stamped into every checkpoint, so that the run's identity
         survives a resume."""
         super().__init__()
-        require(isinstance(cuda_graph, bool), "cuda_graph", cuda_graph, "true or false")
+        require(isinstance(cuda_graph, bool) or cuda_graph == "auto", "cuda_graph", cuda_graph, "auto, true or false")
         self.net, self.spec, self.recipe = net, spec, optimizer
-        self.cuda_graph, self.clip_grad_norm, self.init_fingerprint = cuda_graph, clip_grad_norm, init_fingerprint
-        self.automatic_optimization = not cuda_graph
+        self.cuda_graph, self.init_fingerprint = cuda_graph, init_fingerprint
+        self.capture = False  # whether this fit captures its step (`plan_capture`)
+        self.eager_because: str | None = None  # why it does not, once decided
         self._captured: CapturedStep | None = None
+        self._captured_batch: Batch | None = None
         self.regularizers = dict(regularizers or {})
         self.layout = MetricLayout.of(spec, net)  # the metric names of a step (lightning_modules.step)
         self.eval_metrics = nn.ModuleDict({stage: AnswerMetrics(spec) for stage in EVAL_STAGES})
@@ -58,58 +60,87 @@ class TaskModule(pl.LightningModule):
     def forward(self, inputs: Tensor) -> NetOutput:
         return self.net(inputs)
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # before the optimiser is built: a captured step needs a capturable one
+            self.plan_capture(self.trainer)
+
+    def plan_capture(self, trainer: pl.Trainer) -> None:
+        """Decide whether this fit captures its step: `module.cuda_graph=true` refuses by key a run that cannot be
+        captured, `auto` runs it eager and says why in one line (on a CUDA device: elsewhere a captured step never
+        runs, so there is nothing to say)."""
+        self._captured = None
+        if self.cuda_graph is False:
+            self.capture, self.eager_because = False, "module.cuda_graph=false"
+            return
+        if self.cuda_graph is True:
+            check_graphable(trainer, self)  # refuses, naming module.cuda_graph, what a captured step cannot honour
+            self.eager_because = None
+        else:
+            self.eager_because = capture_blocker(trainer, self)
+        self.capture = self.eager_because is None
+        if trainer.strategy.root_device.type == "cuda" and trainer.is_global_zero:
+            print(f"[grokking-lab] training step: captured in a CUDA graph from step {self.capture_step}"
+                  if self.capture else f"[grokking-lab] note: training step eager, not captured in a CUDA graph "
+                  f"(module.cuda_graph=auto), with {self.eager_because}", flush=True)
+
+    @property
+    def capture_step(self) -> int:
+        """The step a captured step is captured at: the lr is constant from there on."""
+        return max(self.recipe.warmup_steps, 3)
+
+    @property
+    def cuda_graph_status(self) -> str | None:
+        """summary.json's `cuda_graph`: `captured`, or `eager (why)`; None before a fit decided."""
+        if self._captured is not None:
+            return "captured"
+        if self.capture:
+            return f"eager (the run ended before step {self.capture_step}, where its step would be captured)"
+        return None if self.eager_because is None else f"eager ({self.eager_because})"
+
     def on_fit_start(self) -> None:
         for regularizer in self.regularizers.values():
             regularizer.bind(self)
-        if self.cuda_graph:
-            check_graphable(self.trainer, self)
 
     def step_result(self, batch: Batch) -> StepResult:
         """Forward, task loss and regulariser terms of one training step (lightning_modules.step)."""
         return step_loss(self.net(batch.inputs), batch, self.regularizers,
                          {name: reg.weight for name, reg in self.regularizers.items()})
 
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        if self.capture and self._captured is None and self.global_step >= self.capture_step:
+            clip = self.trainer.gradient_clip_val
+            self._captured = CapturedStep(lambda: self.step_result(batch), list(self.net.parameters()),
+                                          self.optimizers().optimizer, float(clip) if clip else None,
+                                          self.global_step)
+            self._captured_batch = batch  # the full batch: it never moves
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
-        if self.cuda_graph:
-            result = self.graphed_step(batch)
-        else:
-            result = self.step_result(batch)
-        if is_log_step(self.global_step + (0 if self.cuda_graph else 1), self.trainer):
+        if self._captured is not None:
+            return None  # no backward: the optimiser's step replays the whole captured step (`optimizer_step`)
+        result = self.step_result(batch)
+        if is_log_step(self.global_step + 1, self.trainer):
             self.log_train_metrics(result, batch)
-        return None if self.cuda_graph else result.total
+        return result.total
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self._captured is not None and is_log_step(self.global_step + 1, self.trainer):
+            self.log_train_metrics(self._captured.result, self._captured_batch)  # what the replay just computed
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if self._captured is None:  # a replay writes the gradients afresh
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
 
     def log_train_metrics(self, result: StepResult, batch: Batch) -> None:
         # under DDP each rank measured its shard: the mean over ranks is the batch's (a collective on logging steps)
         self.log_dict(step_metrics(result, batch, self.layout), prog_bar=False, sync_dist=True)
-
-    def graphed_step(self, batch: Batch) -> StepResult:
-        """One step under `cuda_graph` (manual optimisation): eager until the lr warmup is over, then the
-        captured step replayed (see lightning_modules.cuda_graph)."""
-        optimizer = self.optimizers()
-        if self._captured is None and self.global_step >= max(self.recipe.warmup_steps, 3):
-            self._captured = CapturedStep(lambda: self.step_result(batch), list(self.net.parameters()),
-                                          optimizer.optimizer, self.clip_grad_norm, self.global_step)
-        if self._captured is not None:
-            optimizer.step()  # the replay
-            result = self._captured.result
-        else:
-            result = self.step_result(batch)
-            optimizer.zero_grad()
-            self.manual_backward(result.total)
-            optimizer.step()
-        self.lr_schedulers().step()
-        return result
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.cuda_graph and self._captured is None and self.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_grad_norm)  # eager steps, after filters
 
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
         if self._captured is not None and is_log_step(self.global_step, self.trainer):
             self.check_finite()
 
     def check_finite(self) -> None:
-        """Under `cuda_graph`: raise for a non-finite loss since capture (its update and later ones were skipped)."""
+        """Once captured: raise for a non-finite loss since capture (its update and later ones were skipped)."""
         if self._captured is not None and (step := self._captured.first_bad_step()) is not None:
             raise NonFiniteLossError(step, float(self._captured.loss_sum))
 
@@ -170,14 +201,17 @@ class TaskModule(pl.LightningModule):
         # is used, with a per-step NaN check. Without a scaler (32-bit, bf16-mixed) the module clips itself
         # (configure_gradient_clipping) and keeps the fused AdamW.
         scaled_and_clipped = has_scaler(self.trainer) and bool(self.trainer.gradient_clip_val)
-        optimizer, scheduler = self.recipe.build(self.net, graphed=self.cuda_graph,
+        optimizer, scheduler = self.recipe.build(self.net, graphed=self.capture,
                                                  fused=False if scaled_and_clipped else None)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
         """Clip as Lightning would, but without its mixed-precision plugin's refusal to clip a fused optimiser,
-        which only matters when a scaler has scaled the gradients (then Lightning's own path is taken)."""
+        which only matters when a scaler has scaled the gradients (then Lightning's own path is taken). A captured
+        step clips inside its replay."""
+        if self._captured is not None:
+            return
         if not gradient_clip_val or has_scaler(self.trainer):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         params = [p for group in optimizer.param_groups for p in group["params"]]

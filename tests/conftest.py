@@ -206,6 +206,17 @@ def drawn_figures(monkeypatch):
 
 
 @pytest.fixture
+def compile_cache_of_this_kernel_set(monkeypatch):
+    """torch's on-disk compile cache does not tell ATen's CPU kernel sets apart: C++ it generated with AVX-512 vectors
+    and cached is handed to a process under ATEN_CPU_CAPABILITY=default, whose headers have no vectors (a compile
+    error). Under a chosen kernel set the compile gets a cache folder of its own."""
+    from torch._inductor.runtime.runtime_utils import default_cache_dir
+
+    if capability := os.environ.get("ATEN_CPU_CAPABILITY"):
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", f"{default_cache_dir()}-{capability}")
+
+
+@pytest.fixture
 def one_thread():
     """Tiny tensors: one thread beats two, by far on a busy machine (threads spin waiting for each other)."""
     before = torch.get_num_threads()

@@ -15,6 +15,7 @@ from datamodules import ModularArithmetic
 from datamodules.batch import Batch, TaskSpec
 from datamodules.in_memory import InMemoryTask
 from datamodules.loaders import EvalBatches, take
+from lightning_modules.cuda_graph import CapturedStep
 from regularizers.base import Regularizer
 
 
@@ -145,6 +146,27 @@ class RandomTokens(InMemoryTask):
     @property
     def spec(self) -> TaskSpec:
         return self._spec
+
+
+class EagerReplayStep(CapturedStep):
+    """The captured step's CPU analogue: the capture keeps the step's body, and each replay runs it eagerly on fresh
+    gradients (a CUDA graph's replay writes them afresh too). Everything around the graph (when the module captures,
+    what a replay logs, the lr schedule, clipping, the in-graph NaN guard, checkpoints) then runs on a CPU as it runs
+    around a real graph. `replays` counts the replays of the latest one."""
+
+    latest: "EagerReplayStep | None" = None
+
+    def warm_up(self, compute, optimizer, iterations):
+        self.optimizer, self.replays = optimizer, 0
+        EagerReplayStep.latest = self
+
+    def record(self, body):
+        def replay():
+            self.optimizer.zero_grad(set_to_none=True)
+            body()
+            self.replays += 1
+
+        return replay
 
 
 def task_spec(data_cfg, cache_dir) -> TaskSpec:

@@ -119,9 +119,9 @@ class RunCheckpoint(Checkpoint):
             self._due = self._due or "every_n_train_steps"
         elif time_up:
             self._due = self._due or "every_minutes"
-        if validates_after(trainer):
-            return  # saved at the end of this step's validation
-        if self._due in ("stop", "end") or (self._due and not logs_after(trainer)):
+        if not self._due or validates_after(trainer):
+            return  # nothing owed, or saved at the end of this step's validation
+        if self._due in ("stop", "end") or not logs_after(trainer):
             self.save(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -60,14 +60,16 @@ class GrokkingTime(Callback):
         require(isinstance(metric, str) and metric.replace("_", "").isalnum(), "metric", metric,
                 "the name of an accuracy-like task metric (acc, exact_match)")
         self.metric = metric
-        self.steps: dict[str, int | None] = {threshold_key("train", train_threshold, metric): None}
+        self._train_key = threshold_key("train", train_threshold, metric)  # read every step: named once
+        self._grokked_key = threshold_key("val", grokked_threshold, metric)
+        self.steps: dict[str, int | None] = {self._train_key: None}
         self.steps |= {threshold_key("val", t, metric): None for t in self.val_thresholds}
         self.bounds: LossBounds | None = None
         self.phase: str | None = None
 
     @property
     def grokked_step(self) -> int | None:
-        return self.steps[threshold_key("val", self.grokked_threshold, self.metric)]
+        return self.steps[self._grokked_key]
 
     def _log(self, trainer: pl.Trainer, reached: dict[str, int]) -> None:
         """On the current row (steps done - 1): the row of the metric that reached the thresholds."""
@@ -120,7 +122,7 @@ class GrokkingTime(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if self.steps[threshold_key("train", self.train_threshold, self.metric)] is None and is_log_step(step, trainer):
+        if self.steps[self._train_key] is None and is_log_step(step, trainer):
             acc = trainer.callback_metrics.get(f"train/{self.metric}")
             if acc is not None:  # measured before this step's update: the weights after step - 1 updates
                 self._log(trainer, self.record_train(step - 1, float(acc)))

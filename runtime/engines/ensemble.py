@@ -21,7 +21,7 @@ from torch import nn
 
 from callbacks.run.grokking_time import task_loss_bounds
 from callbacks.run.stop_request import StopAtStepBoundary, stop_request
-from core.errors import ConfigError
+from core.errors import ConfigError, settings_of
 from lightning_modules.ensemble_module import EnsembleModule
 from regularizers.base import Regularizer
 from runtime.config.build import build
@@ -73,9 +73,11 @@ class EnsembleEngine(Engine):
         check_regularizers(regularizers[0])
         cfg = self.jobs[0].cfg
         checkpoint = cfg.callbacks.get("checkpoint") or {}
-        return EnsembleModule(nets, datamodule.spec, [build(m.cfg.optimizer, "optimizer") for m in self.jobs],
-                              regularizers, cfg.trainer.get("gradient_clip_val"), self.jobs,
-                              checkpoint_every=checkpoint.get("every_n_train_steps"))
+        recipes = [build(m.cfg.optimizer, "optimizer") for m in self.jobs]
+        with settings_of("ensemble"):
+            return EnsembleModule(nets, datamodule.spec, recipes, regularizers, cfg.trainer.get("gradient_clip_val"),
+                                  self.jobs, checkpoint_every=checkpoint.get("every_n_train_steps"),
+                                  compile=(cfg.get("ensemble") or {}).get("compile", "auto"))
 
     def trainer(self, module: pl.LightningModule, datamodule: Any) -> pl.Trainer:
         cfg = self.jobs[0].cfg
@@ -111,7 +113,7 @@ class EnsembleEngine(Engine):
         """Each member's final (or frozen) weights: its numbers on every split, its test row, its weights on disk."""
         finals = evaluate_splits(module.evaluate, datamodule, len(self.jobs))
         device = module.stacked.flat.device
-        ensemble = {"size": len(self.jobs), "device": str(device)}
+        ensemble = {"size": len(self.jobs), "device": str(device), "compiled": module.compiled}
         for index, (member, final) in enumerate(zip(self.jobs, finals)):
             test = {key: value for key, value in final.items() if key.startswith("test/")}
             if test:

@@ -14,7 +14,7 @@ from torch import nn
 
 from callbacks.run.checkpoint import best_net_state
 from callbacks.run.stop_request import stop_request
-from core.errors import NonFiniteLossError, require
+from core.errors import NonFiniteLossError, require, settings_of
 from lightning_modules.task_module import TaskModule
 from runtime.config.build import build, build_offering
 from runtime.lifecycle.init_weights import prepare_init
@@ -61,13 +61,12 @@ class SoloEngine(Engine):
 
     def module(self, nets: Sequence[nn.Module], datamodule: Any) -> pl.LightningModule:
         cfg = self.job.cfg
-        graphed = bool(cfg.module.get("cuda_graph"))
         # objects are passed after instantiation: Hydra would turn dataclass arguments into configs
-        module = build(cfg.module, "module", _partial_=True)(
-            net=nets[0], spec=datamodule.spec, optimizer=build(cfg.optimizer, "optimizer"),
-            regularizers=build(cfg.regularizer, "regularizer"), init_fingerprint=self.job.summary.get("init_fingerprint"),
-            # a captured step clips inside its graph: the module gets the value, the trainer none (see `trainer`)
-            **({"clip_grad_norm": cfg.trainer.get("gradient_clip_val")} if graphed else {}))
+        optimizer, regularizers = build(cfg.optimizer, "optimizer"), build(cfg.regularizer, "regularizer")
+        with settings_of("module"):  # its own settings (module.cuda_graph) named under their group
+            module = build(cfg.module, "module", _partial_=True)(
+                net=nets[0], spec=datamodule.spec, optimizer=optimizer, regularizers=regularizers,
+                init_fingerprint=self.job.summary.get("init_fingerprint"))
         if self.checkpoint is not None:
             check_same_model(self.checkpoint, module, self.ckpt_path)
             self.checkpoint = None  # Lightning reads it again, whole
@@ -82,9 +81,8 @@ class SoloEngine(Engine):
         # the CSV logger drops the rows a resumed run logs again
         job.loggers = [build_offering(node, f"logger.{name}", start_step=start_step)
                        for name, node in (cfg.logger or {}).items() if node]
-        graphed = bool(cfg.module.get("cuda_graph"))
         return build(cfg.trainer, "trainer", callbacks=callbacks, logger=job.loggers or False,
-                     default_root_dir=str(job.out), **({"gradient_clip_val": None} if graphed else {}))
+                     default_root_dir=str(job.out))
 
     def fit(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any) -> None:
         job = self.job
@@ -96,6 +94,9 @@ class SoloEngine(Engine):
                 trainer.test(module, datamodule=datamodule, verbose=False)
         except NonFiniteLossError as err:  # the weights are those after the last good step
             job.summary |= diverged(module, job.out, err, self.say)
+        finally:
+            if (status := module.cuda_graph_status) is not None:  # whether the step was captured, or why not
+                job.summary["cuda_graph"] = status
 
     def final_numbers(self, trainer: pl.Trainer, module: TaskModule, datamodule: Any) -> None:
         """The last weights' numbers, or with `final_weights: best` the best checkpoint's (loaded after every

@@ -65,10 +65,13 @@ def test_reduced_precision_trains(run_config, setting):
 
 @pytest.mark.parametrize("experiment", ["mlp_grok", "nanda_grok"])
 def test_the_captured_step_trains_as_the_eager_step_does(run_config, experiment):
+    """A plain run of the preset captures its step by default (module.cuda_graph=auto) and ends where the eager one
+    does, to float rounding."""
     common = [f"experiment={experiment}", "trainer.max_steps=200", *GPU]
-    eager, _ = run_config(common, name="eager")
-    graphed, run_dir = run_config([*common, "module.cuda_graph=true"], name="graphed")
+    eager, _ = run_config([*common, "module.cuda_graph=false"], name="eager")
+    graphed, run_dir = run_config(common, name="graphed")
     assert_complete(graphed, run_dir, 200)
+    assert graphed["cuda_graph"] == "captured" and eager["cuda_graph"] == "eager (module.cuda_graph=false)"
     for key, value in eager["final"].items():  # same maths, other kernel order: close, not bitwise
         assert graphed["final"][key] == pytest.approx(value, rel=2e-2, abs=2e-2), key
     rows = logged(run_dir)
@@ -87,13 +90,17 @@ def test_the_captured_step_stops_at_the_first_non_finite_loss(run_config):
     assert ckpt["global_step"] == 100
 
 
-def test_an_ensemble_on_cuda_matches_solo_runs(tmp_path, run_config):
+@pytest.mark.parametrize("compile, compiled", [("auto", True), ("false", False)])
+def test_an_ensemble_on_cuda_matches_solo_runs(tmp_path, run_config, compile, compiled):
+    """On CUDA an ensemble compiles its step and update by default (ensemble.compile=auto); compiled or not, its
+    members log what their solo runs log."""
     per_member = [["seed=0"], ["seed=1", "optimizer.weight_decay=0.3"]]
     common = ["data.p=23", "trainer.max_steps=60", "trainer.accelerator=gpu"]
-    summaries, dirs = train_ensemble(tmp_path, common, per_member)
+    summaries, dirs = train_ensemble(tmp_path, [*common, f"ensemble.compile={compile}"], per_member)
     for own, summary, member_dir in zip(per_member, summaries, dirs):
         solo, solo_dir = run_config([*common, *own], name="solo_" + own[-1])
         assert summary["status"] == solo["status"] == "completed" and summary["ensemble"]["device"].startswith("cuda")
+        assert summary["ensemble"]["compiled"] is compiled
         theirs, ours = logged(solo_dir), logged(member_dir)
         assert ours.keys() == theirs.keys()
         for cell, value in theirs.items():

@@ -4,8 +4,6 @@ reference's outputs and gradients, one compiled graph per number of chunks and n
 places where the uncompiled form runs instead. torch.compile works on a CPU, so all of it is tested here."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
@@ -25,17 +23,6 @@ def twins(chunk_size=4, **settings):
     reference = GatedDeltaNet(d_model=8, n_heads=2, chunk_size=chunk_size, mode="recurrent").double()
     reference.load_state_dict(compiled.state_dict())
     return compiled, reference
-
-
-@pytest.fixture
-def compile_cache_of_this_kernel_set(monkeypatch):
-    """torch's on-disk compile cache does not tell ATen's CPU kernel sets apart: C++ it generated with AVX-512 vectors
-    and cached is handed to a process under ATEN_CPU_CAPABILITY=default, whose headers have no vectors (a compile
-    error). Under a chosen kernel set the compile gets a cache folder of its own."""
-    from torch._inductor.runtime.runtime_utils import default_cache_dir
-
-    if capability := os.environ.get("ATEN_CPU_CAPABILITY"):
-        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", f"{default_cache_dir()}-{capability}")
 
 
 @pytest.mark.usefixtures("compile_cache_of_this_kernel_set")
