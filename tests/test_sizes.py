@@ -18,12 +18,13 @@ SIZES = sorted(path.stem for path in (CONF_DIR / "size").glob("*.yaml"))
 # CPU as they are.
 CPU_FORMS = {
     "transformer_grok": ["transformer_grok"],
-    "transformer_multi_op": ["transformer_grok"],
+
     "nanda_grok": ["nanda_grok"],
     "nanda_project_defaults": ["nanda_grok"],
     "nanda_moe": ["nanda_grok"],
     **{name: ["transformer_grok", "routed_none"]
-       for name in ("routed_none", "routed_entropy", "routed_sparsity", "routed_gini", "routed_multi_op")},
+       for name in ("routed_none", "routed_entropy", "routed_sparsity", "routed_gini", "routed_multi_op",
+                    "routed_baseline", "transformer_multi_op")},
     "conditions_study": ["conditions_study"],
     "grokfast_paper": ["grokfast_paper"],
     "hybrid_static": ["hybrid_static"],

@@ -51,6 +51,22 @@ def test_every_job_of_a_study_preset_composes_at_cpu_size_and_builds(sweep):
             assert instantiate(regularizer).weight >= 0, (job, name)
 
 
+@pytest.mark.parametrize("size", ["source", "cpu"])
+@pytest.mark.parametrize("sweep", ["routed_vs_standard", "multi_op"])
+def test_standard_and_routed_arms_differ_only_in_the_ffn_and_the_regulariser(sweep, size):
+    """The ratio to the standard transformer compares FFNs on one task: at every size the arms share the data, the
+    net's sizes, the optimiser and the schedule (at size=cpu the standard arm once ran transformer_grok's CPU form,
+    p=59 and 30 % train, against the routed runs' p=31 and 50 %)."""
+    jobs = preset_jobs([f"size={size}", f"sweep={sweep}"])
+    shared = []
+    for job in jobs:
+        cfg = OmegaConf.to_container(composed([f"size={size}", *job]), resolve=True)
+        model = {key: value for key, value in cfg["model"].items()
+                 if key not in ("ffn", "n_ffn_heads", "_part_settings_")}  # the FFN and its settings
+        shared.append((cfg["data"], model, cfg["optimizer"], cfg["trainer"], cfg["seed"]))
+    assert all(arms == shared[0] for arms in shared[1:]), [job for job in jobs]
+
+
 def composed(overrides):
     """The config a job runs, resolved at once (its name reads the Hydra config of the latest composition)."""
     cfg = compose_config(overrides)

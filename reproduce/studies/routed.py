@@ -31,9 +31,9 @@ def routed_run(size: str, regularizer: str, weight: float | None) -> RunSpec:
 def standard_runs(size: str) -> list[RunSpec]:
     values = {"model": "standard", "regularizer": "standard", "lambda": 0.0}  # its own series in the figure
     if size == "gpu":
-        return [RunSpec("transformer_grok", values, s, STANDARD_STEPS, rate="transformer_grok")
+        return [RunSpec("routed_baseline", values, s, STANDARD_STEPS, rate="transformer_grok")
                 for s in seeds(size, 3, 2)]
-    return [RunSpec("transformer_grok", values, s, 150, CPU, rate="transformer_grok") for s in seeds(size, 3, 2)]
+    return [RunSpec("routed_baseline", values, s, 150, CPU, rate="transformer_grok") for s in seeds(size, 3, 2)]
 
 
 def part(name: str, covers: str, make: Callable[[str], list[RunSpec]]) -> Part:
