@@ -132,7 +132,7 @@ def test_on_a_task_without_modular_structure_fourier_stands_aside_and_the_rest_m
     assert attention.tokens == task.splits["val"].inputs[0].tolist()
     values = recorder.logged("curvature/")
     assert set(values) == {f"curvature/{k}" for k in ("grad_norm", "hessian_trace", "top_eigenvalue",
-                                                       "fisher_trace")}
+                                                       "fisher_trace", "jacobian_norm")}
     assert all(len(v) == 3 and all(torch.isfinite(torch.tensor(v))) for v in values.values())
     assert {"routing_entropy.png", "attention_maps.png", "curvature_history.png", "grok_curves.png"} <= plots(
         tmp_path)

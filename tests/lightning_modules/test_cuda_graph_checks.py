@@ -100,7 +100,11 @@ EAGER = {
     ("mqar", "source"): MINI_BATCHES,
     ("hybrid_static", "source"): "precision=bf16-mixed: a captured step runs in 32 bits",
     ("hybrid_dynamic", "source"): "precision=bf16-mixed: a captured step runs in 32 bits",
+    ("hybrid_dynamic_fair", "source"): "precision=bf16-mixed: a captured step runs in 32 bits",
+    ("hybrid_dynamic_sparse", "source"): "precision=bf16-mixed: a captured step runs in 32 bits",
     ("hybrid_static", "cpu"): COSINE, ("hybrid_dynamic", "cpu"): COSINE,
+    ("hybrid_dynamic_fair", "cpu"): COSINE, ("hybrid_dynamic_sparse", "cpu"): COSINE,
+    ("nanda_moe", "source"): MOE, ("nanda_moe", "cpu"): MOE,
     ("least_action_gumbel", "source"): ANNEALED, ("least_action_gumbel", "cpu"): ANNEALED,
     ("moe_expressivity_moe", "source"): MOE, ("moe_expressivity_moe_glu", "source"): MOE,
 }

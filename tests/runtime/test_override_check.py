@@ -22,7 +22,7 @@ OPTIMIZER = ("settings under optimizer: betas, decay, decay_steps, declared_lr, 
          f"optimizer.weight_decy is not a setting; did you mean optimizer.weight_decay? ({OPTIMIZER})"),
         (["--cfg", "job", "data.pp=5"], f"data.pp is not a setting; did you mean data.p? ({DATA})"),
         (["optimzer.lr=1e-3"], "optimzer.lr is not a setting; did you mean optimizer.lr? (top-level settings: "
-                               "callbacks, ckpt_path, data, final_weights, init_from, init_scale, logger, "
+                               "callbacks, ckpt_path, data, ensemble, final_weights, init_from, init_scale, logger, "
                                "matmul_precision, model, module, name, optimized_metric, optimized_mode, optimizer, "
                                "paths, regularizer, resume, seed, tags, threads, trainer)"),
         (["data.hidden_dim=64"], f"data.hidden_dim is not a setting; did you mean model.hidden_dim? ({DATA})"),
