@@ -101,13 +101,14 @@ def test_where_on_a_configured_routed_transformer(tmp_path):
     torch.testing.assert_close(regularizer.term(out), entropy(out.aux["layer_1/ffn/routing"]).mean())
 
 
-def routing_entropy_after(run_config, name, regularizer):
+def routing_term_after(run_config, name, regularizer, kind="entropy", n_layers=1):
+    """The routing term `kind` of a small routed transformer's routing on the training split after 150 steps."""
     from hydra.utils import instantiate
 
     from runtime.config.build import build_net
     from runtime.config.compose import compose_config
 
-    overrides = ["experiment=routed_none", "data.p=11", "data.train_fraction=0.5", "model.n_layers=1",
+    overrides = ["experiment=routed_none", "data.p=11", "data.train_fraction=0.5", f"model.n_layers={n_layers}",
                  "model.d_model=32", "optimizer.lr=3e-3", "optimizer.warmup_steps=10", "trainer.max_steps=150",
                  "trainer.val_check_interval=50", *regularizer]
     _, run_dir = run_config(overrides, name=name)
@@ -117,7 +118,11 @@ def routing_entropy_after(run_config, name, regularizer):
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     with torch.no_grad():
-        return term("entropy", *net(data.splits["train"].inputs).routing)
+        return term(kind, *net(data.splits["train"].inputs).routing)
+
+
+def routing_entropy_after(run_config, name, regularizer):
+    return routing_term_after(run_config, name, regularizer)
 
 
 @pytest.mark.rounding
@@ -155,21 +160,7 @@ def test_consistency_needs_two_routers_of_one_shape():
 
 def consistency_after(run_config, name, regularizer):
     """The consistency term of a 2-layer routed transformer's routing on the training split after 150 steps."""
-    from runtime.config.build import build_net
-    from runtime.config.compose import compose_config
-    from hydra.utils import instantiate
-
-    overrides = ["experiment=routed_none", "data.p=11", "data.train_fraction=0.5", "model.n_layers=2",
-                 "model.d_model=32", "optimizer.lr=3e-3", "optimizer.warmup_steps=10", "trainer.max_steps=150",
-                 "trainer.val_check_interval=50", *regularizer]
-    _, run_dir = run_config(overrides, name=name)
-    cfg = compose_config([*SMALL, *overrides, "trainer.max_steps=150"], output_dir=run_dir)
-    data = instantiate(cfg.data)
-    net = build_net(cfg.model, data.spec)
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    with torch.no_grad():
-        return term("consistency", *net(data.splits["train"].inputs).routing)
+    return routing_term_after(run_config, name, regularizer, kind="consistency", n_layers=2)
 
 
 @pytest.mark.rounding
