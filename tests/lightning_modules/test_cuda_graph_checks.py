@@ -12,7 +12,7 @@ from callbacks.run.throughput import Throughput
 from core.errors import ConfigError
 from datamodules import ModularArithmetic
 from lightning_modules.cuda_graph import capture_blocker, check_graphable, step_setup_blocker
-from tests.conftest import ROOT
+from tests.test_sizes import CPU_FORMS, EXPERIMENTS
 
 
 def trainer(callbacks=(), precision="32-true", batch_size=-1):
@@ -76,19 +76,8 @@ def test_the_device_check_needs_cuda():
     assert step_setup_blocker(setting, None, setting.datamodule) is None  # the rest holds on a CPU
 
 
-EXPERIMENTS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("*.yaml"))
-
-
-def has_cpu_form(name: str) -> bool:
-    """Whether size=cpu changes the experiment: its study states a CPU form (it pulls in conf/size/<study>/), or it
-    is built on an experiment that does (a bare `- <experiment>` in its defaults)."""
-    text = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
-    bases = re.findall(r"^  - (\w+)\s*(?:#.*)?$", text, flags=re.M)
-    return "optional /size/" in text or any(base in EXPERIMENTS and has_cpu_form(base) for base in bases)
-
-
-# every preset at the source's size, and at size=cpu those that have a CPU form
-PRESETS = [(name, "source") for name in EXPERIMENTS] + [(name, "cpu") for name in EXPERIMENTS if has_cpu_form(name)]
+# every preset at the source's size, and at size=cpu those that have a CPU form (tests/test_sizes.py lists them)
+PRESETS = [(name, "source") for name in EXPERIMENTS] + [(name, "cpu") for name in EXPERIMENTS if name in CPU_FORMS]
 MINI_BATCHES = "mini-batches: a captured step replays the full batch, data.batch_size=-1"
 MOE = "a net whose parts route tokens by the data: a mixture of experts' shapes change every step"
 ANNEALED = ("TemperatureAnnealing, which changes net.temperature between steps: a captured step keeps the value it "

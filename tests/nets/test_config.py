@@ -1,6 +1,5 @@
 """The transformer as configured (conf/model/): parts chosen by config group, the settings researchers set on the
 command line, and bad values reported in one line under the key that was set (runtime/config/build.py)."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +10,7 @@ from runtime.config.build import build_net
 from runtime.config.compose import compose_config
 from tests.helpers import task_spec
 from tests.nets.helpers import routed_transformer
-
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
+from tests.test_sizes import EXPERIMENTS
 
 
 def configured(tmp_path, *overrides, seed=0):
