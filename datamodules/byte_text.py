@@ -169,8 +169,7 @@ class ByteText(InMemoryTask):
         self.corpus = self.corpus.to(next(iter(self.splits.values())).inputs.device)
         if stage in (None, "fit"):
             warn_at_fit(self.trainer, len(self.split_bytes("train")), self.batch_size, self.seq_len, self.warn_passes,
-                        (self.eval_windows, {name: len(self.splits[name].inputs) for name in ("val", "test")
-                                             if name in self.splits}))
+                        self.eval_windows, self.splits)
 
     def split_bytes(self, split: str) -> Tensor:
         """(bytes,) uint8: the split's part of the corpus (a view, on the corpus's device)."""

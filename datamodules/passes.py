@@ -4,6 +4,10 @@ then measures memorisation), and an evaluation on fewer fixed windows than `eval
 them all holds as many as fit)."""
 from __future__ import annotations
 
+from typing import Mapping
+
+from datamodules.batch import Batch
+
 
 def passes_warning(train_tokens: int, max_steps: int | None, tokens_per_step: int, limit: float) -> str | None:
     """The warning for a run that would read its `train_tokens` more than `limit` times, else None."""
@@ -27,14 +31,18 @@ def windows_note(asked: int, fitted: dict[str, int], seq_len: int) -> str | None
             f"evaluating on those")
 
 
+EVAL_SPLITS = ("val", "test")
+
+
 def warn_at_fit(trainer, train_tokens: int, batch_size: int, seq_len: int, limit: float,
-                eval_windows: tuple[int, dict[str, int]] | None = None) -> None:
+                eval_windows: int | None = None, splits: Mapping[str, Batch] | None = None) -> None:
     """Print the warnings, once (rank 0), for a run about to fit with `trainer`: passes over the train split, and
-    (eval_windows: the count asked and each evaluation split's fixed windows) evaluation splits short of windows."""
+    (given the `eval_windows` asked and the task's fixed `splits`) evaluation splits short of windows."""
     if trainer is None or not trainer.is_global_zero:
         return
     per_step = batch_size * seq_len * max(1, int(trainer.accumulate_grad_batches or 1))
+    fitted = {name: len(splits[name].inputs) for name in EVAL_SPLITS if name in splits} if splits else {}
     for line in (passes_warning(train_tokens, trainer.max_steps, per_step, limit),
-                 windows_note(eval_windows[0], eval_windows[1], seq_len) if eval_windows else None):
+                 windows_note(eval_windows, fitted, seq_len) if eval_windows else None):
         if line:
             print(f"[grokking-lab] {line}", flush=True)

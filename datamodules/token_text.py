@@ -154,8 +154,7 @@ class TokenText(InMemoryTask):
         super().setup(stage)
         if stage in (None, "fit"):
             warn_at_fit(self.trainer, len(self.tokens["train"]), self.batch_size, self.seq_len, self.warn_passes,
-                        (self.eval_windows, {name: len(self.splits[name].inputs) for name in ("val", "test")
-                                             if name in self.splits}))
+                        self.eval_windows, self.splits)
 
     def train_dataloader(self) -> "TokenWindows":
         # Lightning asks for it after restoring a checkpoint, so global_step is the step to resume from
