@@ -1,4 +1,5 @@
-"""Test-only pieces that configs can point `_target_` at."""
+"""Test-only pieces that configs can point `_target_` at, and the task contract a test builds a net from
+(`task_spec`)."""
 from __future__ import annotations
 
 import time
